@@ -1,0 +1,1 @@
+"""A GitOps control plane that delivers Istio WasmPlugin declarations to Envoy proxies over xDS."""

@@ -1,0 +1,164 @@
+"""The `controlplane` command: serve, validate, render, bootstrap."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from controlplane.app import ServeSettings, serve
+from controlplane.bootstrap import envoy_bootstrap
+from controlplane.model import ModuleStatus, ProxyClass, labels_from
+from controlplane.modules.fetch import FetchSettings
+from controlplane.modules.resolver import resolve_module
+from controlplane.modules.store import ModuleStore
+from controlplane.render import resources_as_dict, to_yaml
+from controlplane.source.directory import load_directory
+from controlplane.translate.resources import TranslateSettings, translate
+
+DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.run(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="controlplane", description="GitOps control plane for Envoy Wasm plugins")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve_cmd = commands.add_parser("serve", help="serve xDS for the plugins of a config directory")
+    serve_cmd.add_argument("--config-dir", action="append", required=True, help="repeatable")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve_cmd.add_argument("--xds-port", type=int, default=18000)
+    serve_cmd.add_argument("--http-port", type=int, default=18001, help="modules, health and status")
+    serve_cmd.add_argument("--advertise-address", help="host the proxies use to reach --http-port (default: --host)")
+    serve_cmd.add_argument("--root-namespace", default="istio-system")
+    serve_cmd.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
+    serve_cmd.add_argument("--module-delivery", choices=["remote", "local"], default="remote",
+                           help="remote: proxies download modules from --http-port; local: proxies read "
+                                "them from --local-module-dir, a shared volume holding the cache dir")
+    serve_cmd.add_argument("--local-module-dir", help="where the proxies see --cache-dir (default: the same path)")
+    serve_cmd.add_argument("--max-module-size", type=int, default=FetchSettings.max_bytes, help="bytes")
+    serve_cmd.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full rescans")
+    serve_cmd.set_defaults(run=_serve)
+
+    validate_cmd = commands.add_parser("validate", help="check config directories; exit 1 when invalid")
+    validate_cmd.add_argument("dirs", nargs="+")
+    validate_cmd.set_defaults(run=_validate)
+
+    render_cmd = commands.add_parser("render", help="print the resources one proxy would get")
+    render_cmd.add_argument("dir")
+    render_cmd.add_argument("--namespace", default="default")
+    render_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
+    render_cmd.add_argument("--root-namespace", default="istio-system")
+    render_cmd.add_argument("--advertise-address", default="127.0.0.1")
+    render_cmd.add_argument("--http-port", type=int, default=18001)
+    render_cmd.set_defaults(run=_render)
+
+    bootstrap_cmd = commands.add_parser("bootstrap", help="print an Envoy bootstrap for one proxy")
+    bootstrap_cmd.add_argument("--node-id", required=True)
+    bootstrap_cmd.add_argument("--namespace", default="default")
+    bootstrap_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
+    bootstrap_cmd.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port, help="HOST:PORT")
+    bootstrap_cmd.add_argument("--admin-port", type=int, default=9901)
+    bootstrap_cmd.set_defaults(run=_bootstrap)
+    return parser
+
+
+def _labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in filter(None, text.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{pair!r} is not KEY=VALUE")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    cache_dir = os.path.abspath(args.cache_dir)
+    settings = ServeSettings(
+        config_dirs=tuple(args.config_dir),
+        cache_dir=cache_dir,
+        host=args.host,
+        xds_port=args.xds_port,
+        http_port=args.http_port,
+        translate=TranslateSettings(
+            root_namespace=args.root_namespace,
+            module_host=args.advertise_address or args.host,
+            module_port=args.http_port,
+            module_delivery=args.module_delivery,
+            local_module_dir=args.local_module_dir or cache_dir,
+        ),
+        fetch=FetchSettings(max_bytes=args.max_module_size),
+        resync_seconds=args.resync_interval,
+    )
+    if args.host in ("0.0.0.0", "::") and not args.advertise_address:
+        print("controlplane: --advertise-address is required with --host", args.host, file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    missing = [d for d in args.dirs if not os.path.exists(d)]
+    if missing:
+        print(f"controlplane: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    loaded = load_directory(args.dirs)
+    for error in loaded.errors:
+        print(error, file=sys.stderr)
+    plugins, sidecars = len(loaded.config.plugins), len(loaded.config.sidecars)
+    if loaded.errors:
+        return 1
+    print(f"ok: {plugins} WasmPlugin(s), {sidecars} Sidecar(s) in {len(loaded.files)} file(s)")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    loaded = load_directory([args.dir])
+    for error in loaded.errors:
+        print(error, file=sys.stderr)
+    settings = TranslateSettings(
+        root_namespace=args.root_namespace, module_host=args.advertise_address, module_port=args.http_port
+    )
+    proxy = ProxyClass(args.namespace, labels_from(args.labels))
+    modules = asyncio.run(_resolve_modules([p.module for p in loaded.config.plugins]))
+    print(to_yaml(resources_as_dict(translate(loaded.config, proxy, modules, settings))), end="")
+    return 1 if loaded.errors else 0
+
+
+async def _resolve_modules(keys: list) -> dict:
+    """Modules as the server would see them, fetched into a throwaway store."""
+    with tempfile.TemporaryDirectory() as scratch:
+        store = ModuleStore(Path(scratch))
+        results: list[ModuleStatus] = await asyncio.gather(*(resolve_module(k, store, FetchSettings()) for k in keys))
+    return dict(zip(keys, results))
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    host, port = args.xds_address
+    print(to_yaml(envoy_bootstrap(args.node_id, args.namespace, args.labels, host, port, args.admin_port)), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

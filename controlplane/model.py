@@ -1,0 +1,177 @@
+"""The typed, immutable values every later stage works on: what the config directory declares."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Mapping
+
+Labels = tuple[tuple[str, str], ...]
+"""Labels as sorted (key, value) pairs: hashable, so values holding them can be keys and set members."""
+
+
+def labels_from(mapping: Mapping[str, str]) -> Labels:
+    return tuple(sorted(mapping.items()))
+
+
+def selector_matches(selector: Labels, labels: Labels) -> bool:
+    """A Kubernetes equality selector: every pair of `selector` is among `labels`."""
+    return set(selector) <= set(labels)
+
+
+class Phase(enum.Enum):
+    AUTHN = "AUTHN"
+    AUTHZ = "AUTHZ"
+    STATS = "STATS"
+    UNSPECIFIED_PHASE = "UNSPECIFIED_PHASE"
+
+
+class FailStrategy(enum.Enum):
+    FAIL_CLOSE = "FAIL_CLOSE"
+    FAIL_OPEN = "FAIL_OPEN"
+    FAIL_RELOAD = "FAIL_RELOAD"
+
+
+class PluginType(enum.Enum):
+    HTTP = "HTTP"
+    NETWORK = "NETWORK"
+
+
+class PullPolicy(enum.Enum):
+    UNSPECIFIED_POLICY = "UNSPECIFIED_POLICY"
+    IF_NOT_PRESENT = "IfNotPresent"
+    ALWAYS = "Always"
+
+
+class WorkloadMode(enum.Enum):
+    CLIENT = "CLIENT"
+    SERVER = "SERVER"
+    CLIENT_AND_SERVER = "CLIENT_AND_SERVER"
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a document was declared: shown in errors, status and logs."""
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    group: str
+    kind: str
+    name: str
+    namespace: str
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    from_host: bool
+    value: str
+
+
+@dataclass(frozen=True)
+class TrafficSelector:
+    mode: WorkloadMode
+    ports: tuple[int, ...]
+    """Empty: every port."""
+
+
+@dataclass(frozen=True)
+class ModuleKey:
+    """What identifies a module to fetch: the same key is fetched once and shared by every plugin."""
+
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class WasmPlugin:
+    namespace: str
+    name: str
+    selector: Labels | None
+    target_refs: tuple[TargetRef, ...]
+    url: str
+    """As written, except that a relative `file://` path is made absolute against the document's folder."""
+    sha256: str
+    image_pull_policy: PullPolicy
+    image_pull_secret: str
+    plugin_config: str
+    """`pluginConfig` as canonical JSON; empty when unset or empty, as Istio then sends no configuration."""
+    plugin_name: str
+    phase: Phase
+    priority: int | None
+    fail_strategy: FailStrategy
+    env: tuple[EnvVar, ...]
+    match: tuple[TrafficSelector, ...]
+    type: PluginType
+    source: SourceRef
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+    @property
+    def module(self) -> ModuleKey:
+        return ModuleKey(self.url, self.sha256)
+
+
+@dataclass(frozen=True)
+class IngressPort:
+    number: int
+    protocol: str
+    name: str
+    bind: str
+    """Empty: every address, as an Istio inbound listener."""
+    default_endpoint: str
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    namespace: str
+    name: str
+    workload_labels: Labels | None
+    """None: the namespace-wide Sidecar."""
+    ingress: tuple[IngressPort, ...]
+    source: SourceRef
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the directory declares that is valid, in a stable order."""
+
+    plugins: tuple[WasmPlugin, ...] = ()
+    sidecars: tuple[Sidecar, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProxyClass:
+    """What decides a proxy's resources: proxies of one class get the same bytes."""
+
+    namespace: str
+    labels: Labels
+
+    def __str__(self) -> str:
+        labels = ",".join(f"{k}={v}" for k, v in self.labels)
+        return f"{self.namespace}/{{{labels}}}"
+
+
+@dataclass(frozen=True)
+class ModuleReady:
+    """The module verified and held in the cache under its sha256."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ModuleFailed:
+    reason: str
+
+
+ModuleStatus = ModuleReady | ModuleFailed
+"""A module not in a status map is still being fetched."""

@@ -1,0 +1,37 @@
+"""What a proxy says about itself in its bootstrap, as Istio's proxies say it."""
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import struct_pb2
+
+from controlplane.model import ProxyClass, labels_from
+from controlplane.xds.ads import InvalidNode
+
+DEFAULT_NAMESPACE = "default"
+
+
+def proxy_class(node: base_pb2.Node) -> ProxyClass:
+    """From `node.metadata`: NAMESPACE (a string) and LABELS (a map of strings)."""
+    fields = node.metadata.fields
+    namespace = DEFAULT_NAMESPACE
+    if "NAMESPACE" in fields:
+        value = fields["NAMESPACE"]
+        if value.WhichOneof("kind") != "string_value" or not value.string_value:
+            raise InvalidNode(f"node {node.id!r}: metadata.NAMESPACE must be a non-empty string")
+        namespace = value.string_value
+    labels: dict[str, str] = {}
+    if "LABELS" in fields:
+        value = fields["LABELS"]
+        if value.WhichOneof("kind") != "struct_value":
+            raise InvalidNode(f"node {node.id!r}: metadata.LABELS must be a map of strings")
+        for key, label in value.struct_value.fields.items():
+            if label.WhichOneof("kind") != "string_value":
+                raise InvalidNode(f"node {node.id!r}: metadata.LABELS.{key} must be a string")
+            labels[key] = label.string_value
+    return ProxyClass(namespace, labels_from(labels))
+
+
+def node_metadata(namespace: str, labels: dict[str, str]) -> struct_pb2.Struct:
+    metadata = struct_pb2.Struct()
+    metadata.update({"NAMESPACE": namespace, "LABELS": labels})
+    return metadata

@@ -1,0 +1,143 @@
+"""Loads a config directory into a `Config`, keeping the last good version of whatever is now broken."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from controlplane.errors import ConfigError
+from controlplane.model import Config, Sidecar, WasmPlugin
+from controlplane.source.documents import Declared, DocumentKey, DocumentResult, read_document
+from controlplane.source.yaml_documents import parse_yaml
+
+log = logging.getLogger(__name__)
+
+YAML_SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileState:
+    path: str
+    digest: str
+    documents: tuple[DocumentResult, ...]
+    errors: tuple[ConfigError, ...]
+    """Errors of the file as a whole (unreadable, YAML syntax)."""
+
+
+@dataclass(frozen=True)
+class Served:
+    value: Declared
+    path: str
+    stale: bool
+    """True when the file now holds a broken version and this is the last good one."""
+
+
+@dataclass(frozen=True)
+class LoadedDirectory:
+    files: Mapping[str, FileState] = field(default_factory=dict)
+    served: Mapping[DocumentKey, Served] = field(default_factory=dict)
+    errors: tuple[ConfigError, ...] = ()
+    config: Config = Config()
+
+
+def find_yaml_files(roots: list[str]) -> list[str]:
+    """Every YAML file below the roots, in a stable order; hidden files and folders (editor swap files,
+    the `..data` folders of Kubernetes ConfigMaps) are skipped."""
+    found: set[str] = set()
+    for root in roots:
+        if os.path.isfile(root):
+            found.add(root)
+            continue
+        for folder, subfolders, files in os.walk(root, followlinks=True):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            found.update(
+                os.path.join(folder, f) for f in files if f.endswith(YAML_SUFFIXES) and not f.startswith(".")
+            )
+    return sorted(found)
+
+
+def read_file(path: str, previous: FileState | None) -> FileState:
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return FileState(path, "", (), (ConfigError(path, 1, "<file>", f"cannot read: {exc.strerror}"),))
+    digest = hashlib.sha256(content).hexdigest()
+    if previous is not None and previous.digest == digest:
+        return previous
+    if len(content) > MAX_FILE_BYTES:
+        return FileState(path, digest, (), (ConfigError(path, 1, "<file>", f"larger than {MAX_FILE_BYTES} bytes"),))
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = content[: exc.start].count(b"\n") + 1
+        return FileState(path, digest, (), (ConfigError(path, line, "<file>", "not UTF-8 text"),))
+    yaml_documents, errors = parse_yaml(path, text)
+    results = tuple(r for r in (read_document(d) for d in yaml_documents) if r is not None)
+    return FileState(path, digest, results, tuple(errors))
+
+
+def load_directory(roots: list[str], previous: LoadedDirectory | None = None) -> LoadedDirectory:
+    previous = previous or LoadedDirectory()
+    files = {path: read_file(path, previous.files.get(path)) for path in find_yaml_files(roots)}
+    return assemble(files, previous)
+
+
+def assemble(files: Mapping[str, FileState], previous: LoadedDirectory) -> LoadedDirectory:
+    """Chooses, for every document key, the version to serve: the valid one, else the last good one."""
+    errors: list[ConfigError] = []
+    candidates: dict[DocumentKey, list[Served]] = {}
+    broken_files = set()
+    for state in files.values():
+        errors.extend(state.errors)
+        if state.errors and not state.documents:
+            broken_files.add(state.path)
+        for document in state.documents:
+            errors.extend(document.errors)
+            if document.key is None:
+                continue
+            if document.value is not None:
+                candidates.setdefault(document.key, []).append(Served(document.value, state.path, False))
+            else:
+                last_good = previous.served.get(document.key)
+                if last_good is not None and last_good.path == state.path:
+                    candidates.setdefault(document.key, []).append(
+                        Served(last_good.value, state.path, True)
+                    )
+    for key, served in previous.served.items():
+        if served.path in broken_files and key not in candidates:
+            candidates[key] = [Served(served.value, served.path, True)]
+
+    chosen: dict[DocumentKey, Served] = {}
+    for key, options in candidates.items():
+        if len(options) > 1:
+            serving = previous.served.get(key)
+            keep = next((o for o in options if serving and o.path == serving.path), options[0])
+            paths = ", ".join(f"{o.value.source}" for o in options)
+            for option in options:
+                if option is not keep:
+                    errors.append(
+                        ConfigError(option.value.source.path, option.value.source.line, "metadata.name",
+                                    f"{key} is declared more than once ({paths}); serving {keep.value.source}")
+                    )
+        else:
+            keep = options[0]
+        chosen[key] = keep
+        if keep.stale:
+            log.warning("%s: serving the last good version of %s", keep.path, key)
+
+    values = [chosen[k].value for k in sorted(chosen, key=lambda k: (k.kind, k.namespace, k.name))]
+    config = Config(
+        plugins=tuple(v for v in values if isinstance(v, WasmPlugin)),
+        sidecars=tuple(v for v in values if isinstance(v, Sidecar)),
+    )
+    return LoadedDirectory(files=files, served=chosen, errors=tuple(sorted(set(errors))), config=config)
+
+
+def is_config_path(path: str) -> bool:
+    name = Path(path).name
+    return name.endswith(YAML_SUFFIXES) and not name.startswith(".")

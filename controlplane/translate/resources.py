@@ -1,0 +1,304 @@
+"""From the model, one proxy class and the state of the modules to the Envoy resources that proxy gets.
+Pure: no I/O, no clock; equal inputs give equal messages."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, backoff_pb2, base_pb2, config_source_pb2, extension_pb2, http_uri_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.filters.network.wasm.v3 import wasm_pb2 as network_wasm_pb2
+from envoy.extensions.wasm.v3 import wasm_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
+from google.protobuf.message import Message
+
+from controlplane.model import (
+    Config,
+    FailStrategy,
+    IngressPort,
+    ModuleFailed,
+    ModuleKey,
+    ModuleReady,
+    ModuleStatus,
+    PluginType,
+    ProxyClass,
+    WasmPlugin,
+)
+from controlplane.translate.selection import plugin_applies_to_port, select_plugins, select_sidecar
+
+ECDS_NAME_PREFIX = "extensions.istio.io/wasmplugin/"
+MODULE_CLUSTER = "wasm-modules"
+V8_RUNTIME = "envoy.wasm.runtime.v8"
+HTTP_PROTOCOLS = frozenset({"", "HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+
+
+def type_url(message: type[Message]) -> str:
+    return "type.googleapis.com/" + message.DESCRIPTOR.full_name
+
+
+HTTP_FILTER_TYPES = (type_url(http_wasm_pb2.Wasm), type_url(http_rbac_pb2.RBAC))
+NETWORK_FILTER_TYPES = (type_url(network_wasm_pb2.Wasm), type_url(network_rbac_pb2.RBAC))
+
+
+@dataclass(frozen=True)
+class TranslateSettings:
+    root_namespace: str = "istio-system"
+    module_host: str = "127.0.0.1"
+    """Where proxies reach the module server."""
+    module_port: int = 18001
+    module_delivery: Literal["remote", "local"] = "remote"
+    local_module_dir: str = ""
+    """With local delivery: the folder where the proxies see the module cache."""
+
+
+@dataclass(frozen=True)
+class ProxyResources:
+    clusters: tuple[cluster_pb2.Cluster, ...]
+    listeners: tuple[listener_pb2.Listener, ...]
+    extension_configs: tuple[extension_pb2.TypedExtensionConfig, ...]
+
+
+def ecds_name(plugin: WasmPlugin) -> str:
+    return ECDS_NAME_PREFIX + plugin.qualified_name
+
+
+def module_path(sha256: str) -> str:
+    """Where the module server serves a module: content-addressed, so caches can never serve a stale one."""
+    return f"/modules/{sha256}.wasm"
+
+
+def translate(
+    config: Config,
+    proxy: ProxyClass,
+    modules: Mapping[ModuleKey, ModuleStatus],
+    settings: TranslateSettings,
+) -> ProxyResources:
+    sidecar = select_sidecar(config, proxy, settings.root_namespace)
+    ports = sidecar.ingress if sidecar else ()
+    plugins = select_plugins(config, proxy, settings.root_namespace)
+    used = [p for p in plugins if any(plugin_applies_to_port(p, port) for port in ports)]
+    clusters = [_endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
+    clusters += [_upstream_cluster(port) for port in ports]
+    listeners = [_listener(port, [p for p in plugins if plugin_applies_to_port(p, port)]) for port in ports]
+    extension_configs = [
+        config_
+        for config_ in (_extension_config(p, modules.get(p.module), settings) for p in used)
+        if config_ is not None
+    ]
+    return ProxyResources(tuple(clusters), tuple(listeners), tuple(extension_configs))
+
+
+def upstream_cluster_name(port: IngressPort) -> str:
+    return f"inbound|{port.number}||"
+
+
+def listener_name(port: IngressPort) -> str:
+    return f"inbound|{port.number}"
+
+
+def _listener(port: IngressPort, plugins: list[WasmPlugin]) -> listener_pb2.Listener:
+    network_filters = [
+        listener_components_pb2.Filter(name=ecds_name(p), config_discovery=_discovery(NETWORK_FILTER_TYPES))
+        for p in plugins
+        if p.type == PluginType.NETWORK
+    ]
+    http_plugins = [p for p in plugins if p.type == PluginType.HTTP]
+    stat_prefix = f"inbound_{port.number}"
+    if port.protocol in HTTP_PROTOCOLS:
+        terminal = _typed_filter("envoy.filters.network.http_connection_manager", _http_connection_manager(port, http_plugins))
+    else:
+        terminal = _typed_filter(
+            "envoy.filters.network.tcp_proxy",
+            tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=upstream_cluster_name(port)),
+        )
+    return listener_pb2.Listener(
+        name=listener_name(port),
+        address=_socket_address(port.bind or "0.0.0.0", port.number),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[*network_filters, terminal])],
+    )
+
+
+def _http_connection_manager(port: IngressPort, plugins: list[WasmPlugin]) -> hcm_pb2.HttpConnectionManager:
+    route = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        route=route_components_pb2.RouteAction(
+            cluster=upstream_cluster_name(port), timeout=duration_pb2.Duration(seconds=0)
+        ),
+    )
+    filters = [hcm_pb2.HttpFilter(name=ecds_name(p), config_discovery=_discovery(HTTP_FILTER_TYPES)) for p in plugins]
+    router = hcm_pb2.HttpFilter(name="envoy.filters.http.router")
+    router.typed_config.Pack(router_pb2.Router())
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix=f"inbound_{port.number}",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        route_config=route_pb2.RouteConfiguration(
+            name=listener_name(port),
+            virtual_hosts=[
+                route_components_pb2.VirtualHost(name=listener_name(port), domains=["*"], routes=[route])
+            ],
+        ),
+        http_filters=[*filters, router],
+    )
+
+
+def _discovery(type_urls: tuple[str, ...]) -> config_source_pb2.ExtensionConfigSource:
+    # No default config and an initial fetch timeout of zero, as Istio: a listener that needs a plugin
+    # warms until the plugin's config arrives rather than serving requests without it.
+    return config_source_pb2.ExtensionConfigSource(
+        config_source=config_source_pb2.ConfigSource(
+            ads=config_source_pb2.AggregatedConfigSource(),
+            initial_fetch_timeout=duration_pb2.Duration(seconds=0),
+            resource_api_version=config_source_pb2.V3,
+        ),
+        type_urls=list(type_urls),
+    )
+
+
+def _extension_config(
+    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings
+) -> extension_pb2.TypedExtensionConfig | None:
+    """None while the module is still being fetched: the listener then waits for this config."""
+    if status is None:
+        return None
+    config = extension_pb2.TypedExtensionConfig(name=ecds_name(plugin))
+    if isinstance(status, ModuleReady):
+        plugin_config = _plugin_config(plugin, status, settings)
+        filter_config: Message = (
+            http_wasm_pb2.Wasm(config=plugin_config)
+            if plugin.type == PluginType.HTTP
+            else network_wasm_pb2.Wasm(config=plugin_config)
+        )
+    else:
+        filter_config = stand_in_filter(plugin, status)
+    config.typed_config.Pack(filter_config, deterministic=True)
+    return config
+
+
+def stand_in_filter(plugin: WasmPlugin, status: ModuleFailed) -> Message:
+    """What runs in place of a plugin whose module cannot be had: FAIL_OPEN lets every request through,
+    anything else denies every request (Istio's agent does the same with the same RBAC filters)."""
+    deny = plugin.fail_strategy != FailStrategy.FAIL_OPEN
+    prefix = "wasm-default-deny" if deny else "wasm-default-allow"
+    rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW) if deny else None
+    if plugin.type == PluginType.HTTP:
+        return http_rbac_pb2.RBAC(rules=rules, rules_stat_prefix=prefix)
+    return network_rbac_pb2.RBAC(rules=rules, stat_prefix=prefix)
+
+
+_FAILURE_POLICIES = {
+    FailStrategy.FAIL_CLOSE: wasm_pb2.FAIL_CLOSED,
+    FailStrategy.FAIL_OPEN: wasm_pb2.FAIL_OPEN,
+    FailStrategy.FAIL_RELOAD: wasm_pb2.FAIL_RELOAD,
+}
+
+
+def _plugin_config(plugin: WasmPlugin, module: ModuleReady, settings: TranslateSettings) -> wasm_pb2.PluginConfig:
+    if settings.module_delivery == "local":
+        code = base_pb2.AsyncDataSource(
+            local=base_pb2.DataSource(filename=f"{settings.local_module_dir.rstrip('/')}/{module.sha256}.wasm")
+        )
+    else:
+        code = base_pb2.AsyncDataSource(
+            remote=base_pb2.RemoteDataSource(
+                http_uri=http_uri_pb2.HttpUri(
+                    uri=f"http://{_host_for_url(settings.module_host)}:{settings.module_port}{module_path(module.sha256)}",
+                    cluster=MODULE_CLUSTER,
+                    timeout=duration_pb2.Duration(seconds=30),
+                ),
+                sha256=module.sha256,
+                # Envoy fetches remote code once per config; retrying covers a module server restarting.
+                retry_policy=base_pb2.RetryPolicy(
+                    num_retries=wrappers_pb2.UInt32Value(value=10),
+                    retry_back_off=backoff_pb2.BackoffStrategy(
+                        base_interval=duration_pb2.Duration(nanos=500_000_000),
+                        max_interval=duration_pb2.Duration(seconds=5),
+                    ),
+                ),
+            )
+        )
+    vm_config = wasm_pb2.VmConfig(runtime=V8_RUNTIME, code=code)
+    if plugin.env:
+        vm_config.environment_variables.host_env_keys.extend(e.name for e in plugin.env if e.from_host)
+        for env in plugin.env:
+            if not env.from_host:
+                vm_config.environment_variables.key_values[env.name] = env.value
+    config = wasm_pb2.PluginConfig(
+        name=plugin.qualified_name,
+        root_id=plugin.plugin_name,
+        vm_config=vm_config,
+        failure_policy=_FAILURE_POLICIES[plugin.fail_strategy],
+    )
+    if plugin.plugin_config:
+        config.configuration.Pack(wrappers_pb2.StringValue(value=plugin.plugin_config))
+    return config
+
+
+def _typed_filter(name: str, message: Message) -> listener_components_pb2.Filter:
+    result = listener_components_pb2.Filter(name=name)
+    result.typed_config.Pack(message, deterministic=True)
+    return result
+
+
+def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
+    endpoint = port.default_endpoint
+    if endpoint.startswith("unix://"):
+        address = address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint[len("unix://"):]))
+        return _cluster(upstream_cluster_name(port), address, cluster_pb2.Cluster.STATIC)
+    host, _, port_text = endpoint.rpartition(":")
+    host = host.strip("[]")
+    # `0.0.0.0:PORT` means "the workload's own address" in Istio; beside the workload that is loopback.
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    return _endpoint_cluster(upstream_cluster_name(port), host, int(port_text))
+
+
+def _endpoint_cluster(name: str, host: str, port: int) -> cluster_pb2.Cluster:
+    discovery = cluster_pb2.Cluster.STATIC if _is_ip(host) else cluster_pb2.Cluster.STRICT_DNS
+    return _cluster(name, _socket_address(host, port), discovery)
+
+
+def _cluster(name: str, address: address_pb2.Address, discovery: int) -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster(
+        name=name,
+        type=discovery,
+        connect_timeout=duration_pb2.Duration(seconds=5),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(address=address)
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+
+
+def _socket_address(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
