@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support import (
+    Process,
+    Stack,
+    free_port,
+    http_get,
+    sidecar_yaml,
+    start_control_plane,
+    start_envoy,
+    start_httpbin,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="session")
+def httpbin_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    process, port = start_httpbin(tmp_path_factory.mktemp("httpbin"))
+    yield port
+    process.stop()
+
+
+@pytest.fixture
+def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Process]]:
+    """Processes a test starts; stopped after it, and their logs printed when it failed."""
+    started: list[Process] = []
+    yield started
+    for process in reversed(started):
+        process.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for process in started:
+            print(f"----- {process.name} log -----\n{process.log()[-6000:]}")
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, httpbin_port: int, processes: list[Process]) -> Stack:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    port = free_port()
+    (config_dir / "sidecar.yaml").write_text(sidecar_yaml("httpbin", port, httpbin_port, {"app": "httpbin"}))
+    control_plane = start_control_plane(processes, config_dir, tmp_path)
+    envoy = start_envoy(processes, tmp_path, control_plane.xds_port, "httpbin-1", labels={"app": "httpbin"})
+    wait_for(lambda: http_get(port).status == 200, what="the listener to serve")
+    return Stack(config_dir, control_plane, envoy, port)

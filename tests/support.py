@@ -1,0 +1,261 @@
+"""Starts the real components the tests talk to (the control plane, Envoy, httpbin) as processes on
+loopback, and the small HTTP helpers the tests use to observe them."""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import yaml
+
+from controlplane.bootstrap import envoy_bootstrap
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = REPO / "fixtures" / "plugins"
+RATELIMIT_WASM = PLUGINS / "ratelimit" / "plugin.wasm"
+ORDER_MARKER_WASM = PLUGINS / "order-marker" / "plugin.wasm"
+T = TypeVar("T")
+ROUTER = "envoy.filters.http.router"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
+    """Polls until `condition` returns something truthy and returns it; fails the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = condition()
+        except (OSError, http.client.HTTPException) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}; last: {last!r}")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_get(port: int, path: str = "/get", headers: dict[str, str] | None = None, timeout: float = 5) -> Response:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def burst(port: int, count: int) -> list[Response]:
+    return [http_get(port) for _ in range(count)]
+
+
+class Process:
+    """A child process whose output goes to a log file that is shown when a test fails."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running(process: Process) -> Iterator[Process]:
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def start_httpbin(log_dir: Path) -> tuple[Process, int]:
+    port = free_port()
+    gunicorn = shutil.which("gunicorn") or "gunicorn"
+    process = Process("httpbin", [gunicorn, "-b", f"127.0.0.1:{port}", "-w", "2", "httpbin:app"], log_dir)
+    wait_for(lambda: http_get(port, "/status/200").status == 200, what="httpbin")
+    return process, port
+
+
+@dataclass
+class ControlPlaneProcess:
+    process: Process
+    xds_port: int
+    http_port: int
+
+    def status(self, view: str = "config") -> Any:
+        return http_get(self.http_port, f"/debug/{view}").json()
+
+
+def start_control_plane(processes: list[Process], config_dir: Path, log_dir: Path, *extra: str) -> ControlPlaneProcess:
+    xds_port, http_port = free_port(), free_port()
+    process = Process(
+        "controlplane",
+        [sys.executable, "-m", "controlplane", "serve", "--config-dir", str(config_dir),
+         "--xds-port", str(xds_port), "--http-port", str(http_port), "--cache-dir", str(log_dir / "cache"), *extra],
+        log_dir,
+    )
+    processes.append(process)
+    wait_for(lambda: http_get(http_port, "/ready").status == 200, what="control plane ready")
+    return ControlPlaneProcess(process, xds_port, http_port)
+
+
+@dataclass
+class EnvoyProcess:
+    process: Process
+    admin_port: int
+
+    def config_dump(self) -> dict[str, Any]:
+        return http_get(self.admin_port, "/config_dump").json()
+
+    def stats(self) -> dict[str, int]:
+        text = http_get(self.admin_port, "/stats").body.decode()
+        result = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                result[name] = int(value)
+        return result
+
+    def http_filters(self, listener: str) -> list[str]:
+        """The HTTP filter names of a listener's connection manager, as Envoy holds them now."""
+        for config in self.config_dump()["configs"]:
+            for dynamic in config.get("dynamic_listeners", []):
+                if dynamic["name"] != listener or "active_state" not in dynamic:
+                    continue
+                for chain in dynamic["active_state"]["listener"]["filter_chains"]:
+                    for network_filter in chain["filters"]:
+                        if network_filter["name"] == "envoy.filters.network.http_connection_manager":
+                            return [f["name"] for f in network_filter["typed_config"]["http_filters"]]
+        return []
+
+    def extension_configs(self) -> dict[str, dict[str, Any]]:
+        """ECDS configs Envoy has accepted, by name."""
+        result = {}
+        for config in self.config_dump()["configs"]:
+            for ecds in config.get("ecds_filters", []) + config.get("ecds_network_filters", []):
+                typed = ecds["ecds_filter"]
+                result[typed["name"]] = typed["typed_config"]
+        return result
+
+
+def start_envoy(
+    processes: list[Process],
+    log_dir: Path, xds_port: int, node_id: str, namespace: str = "default", labels: dict[str, str] | None = None
+) -> EnvoyProcess:
+    admin_port = free_port()
+    bootstrap = envoy_bootstrap(node_id, namespace, labels or {}, "127.0.0.1", xds_port, admin_port)
+    path = log_dir / f"envoy-{node_id}.yaml"
+    path.write_text(yaml.safe_dump(bootstrap))
+    envoy = shutil.which("envoy") or "envoy"
+    process = Process(
+        f"envoy-{node_id}",
+        [envoy, "-c", str(path), "--concurrency", "2", "--use-dynamic-base-id", "--log-level", "info"],
+        log_dir,
+    )
+    processes.append(process)
+    wait_for(lambda: http_get(admin_port, "/ready").status == 200, what=f"envoy {node_id} ready")
+    return EnvoyProcess(process, admin_port)
+
+
+def sidecar_yaml(name: str, listen_port: int, upstream_port: int, labels: dict[str, str] | None = None,
+                 namespace: str = "default") -> str:
+    selector = ""
+    if labels:
+        selector = "  workloadSelector:\n    labels:\n" + "".join(f"      {k}: {v}\n" for k, v in labels.items())
+    return f"""apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+{selector}  ingress:
+  - port:
+      number: {listen_port}
+      protocol: HTTP
+      name: http
+    bind: 127.0.0.1
+    defaultEndpoint: 127.0.0.1:{upstream_port}
+"""
+
+
+def wasm_plugin_yaml(name: str, url: str, *, namespace: str = "default", selector: dict[str, str] | None = None,
+                     plugin_name: str = "", phase: str = "", priority: int | None = None,
+                     fail_strategy: str = "", config: dict[str, Any] | None = None) -> str:
+    spec: dict[str, Any] = {"url": url}
+    if selector is not None:
+        spec["selector"] = {"matchLabels": selector}
+    for key, value in (("pluginName", plugin_name), ("phase", phase), ("failStrategy", fail_strategy)):
+        if value:
+            spec[key] = value
+    if priority is not None:
+        spec["priority"] = priority
+    if config is not None:
+        spec["pluginConfig"] = config
+    document = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """As editors and git do: write beside, then rename over."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+@dataclass
+class Stack:
+    config_dir: Path
+    control_plane: ControlPlaneProcess
+    envoy: EnvoyProcess
+    port: int
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.config_dir / name
+        write_atomically(path, text)
+        return path
+
+    def listener_filters(self) -> list[str]:
+        return self.envoy.http_filters(f"inbound|{self.port}")
