@@ -12,6 +12,7 @@ from typing import Sequence
 
 from controlplane.app import ServeSettings, serve
 from controlplane.bootstrap import envoy_bootstrap
+from controlplane.demo import run_demo
 from controlplane.model import ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.fetch import FetchSettings
 from controlplane.modules.resolver import resolve_module
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port, help="HOST:PORT")
     bootstrap_cmd.add_argument("--admin-port", type=int, default=9901)
     bootstrap_cmd.set_defaults(run=_bootstrap)
+
+    demo_cmd = commands.add_parser("demo", help="run the rate-limit tutorial with httpbin and Envoy on this machine")
+    demo_cmd.set_defaults(run=lambda args: run_demo())
     return parser
 
 
