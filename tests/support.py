@@ -222,8 +222,10 @@ spec:
 
 def wasm_plugin_yaml(name: str, url: str, *, namespace: str = "default", selector: dict[str, str] | None = None,
                      plugin_name: str = "", phase: str = "", priority: int | None = None,
-                     fail_strategy: str = "", config: dict[str, Any] | None = None) -> str:
+                     fail_strategy: str = "", config: dict[str, Any] | None = None, sha256: str = "") -> str:
     spec: dict[str, Any] = {"url": url}
+    if sha256:
+        spec["sha256"] = sha256
     if selector is not None:
         spec["selector"] = {"matchLabels": selector}
     for key, value in (("pluginName", plugin_name), ("phase", phase), ("failStrategy", fail_strategy)):

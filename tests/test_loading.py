@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.errors import ConfigError
 from controlplane.model import (
     EnvVar,
     FailStrategy,
@@ -119,11 +118,13 @@ def test_yaml_and_yml_files_in_nested_folders_are_found_and_hidden_ones_skipped(
     write(tmp_path, "team/..data/cm.yaml", wasm_plugin("url: oci://example.com/a:1", name="configmap-data"))
     write(tmp_path, "notes.txt", wasm_plugin("url: oci://example.com/a:1", name="not-yaml"))
     write(tmp_path, "broken.yaml.swp", "::: not yaml at all")
+    write(tmp_path, "empty.yaml", "")
+    write(tmp_path, "comments-only.yml", "# nothing here yet\n---\n")
     loaded = load(tmp_path)
     assert loaded.errors == ()
     assert sorted(p.name for p in loaded.config.plugins) == ["deeper", "nested", "top"]
     assert sorted(Path(f).relative_to(tmp_path).as_posix() for f in loaded.files) == [
-        "team/deep/er/deeper.yaml", "team/one/nested.yml", "top.yaml",
+        "comments-only.yml", "empty.yaml", "team/deep/er/deeper.yaml", "team/one/nested.yml", "top.yaml",
     ]
 
 
@@ -315,13 +316,12 @@ def test_target_refs_default_to_the_plugin_namespace(tmp_path: Path) -> None:
           name: edge
         - kind: Gateway
           name: other
-          namespace: apps
         """,
         namespace="gateways",
     ))
     assert only_plugin(load(tmp_path)).target_refs == (
         TargetRef("gateway.networking.k8s.io", "Gateway", "edge", "gateways"),
-        TargetRef("", "Gateway", "other", "apps"),
+        TargetRef("", "Gateway", "other", "gateways"),
     )
 
 
@@ -420,6 +420,26 @@ ERROR_CASES: dict[str, ErrorCase] = {
         ),
         "spec:", 0, "spec", "only one of selector, targetRef and targetRefs may be set",
     ),
+    "sha256 differs from the url digest": (
+        wasm_plugin(f"url: oci://example.com/a@sha256:{'0' * 64}\nsha256: {SHA}"),
+        f"sha256: {SHA}", 0, "spec.sha256", f"does not match the digest in url (sha256:{'0' * 64})",
+    ),
+    "label value not a string": (
+        wasm_plugin("url: oci://example.com/a:1\nselector:\n  matchLabels:\n    app: web\n    tier: 1"),
+        "tier: 1", 0, "spec.selector.matchLabels.tier", "expected a string, got an integer",
+    ),
+    "targetRefs entry without a name": (
+        wasm_plugin("url: oci://example.com/a:1\ntargetRefs:\n- kind: Gateway\n  name: edge\n- kind: Gateway"),
+        "- kind: Gateway", 1, "spec.targetRefs[1]", "kind and name are required",
+    ),
+    "targetRef without kind and name": (
+        wasm_plugin("url: oci://example.com/a:1\ntargetRef:\n  group: gateway.networking.k8s.io"),
+        "targetRef:", 0, "spec.targetRef", "kind and name are required",
+    ),
+    "targetRefs entry in another namespace": (
+        wasm_plugin("url: oci://example.com/a:1\ntargetRefs:\n- kind: Gateway\n  name: edge\n  namespace: apps"),
+        "namespace: apps", 0, "spec.targetRefs[0].namespace", "cross namespace referencing is not currently supported",
+    ),
     "HOST env with a value": (
         wasm_plugin(
             "url: oci://example.com/a:1\nvmConfig:\n  env:\n  - name: A\n    value: x\n"
@@ -493,18 +513,28 @@ def test_every_problem_of_a_document_is_reported(tmp_path: Path) -> None:
 
 def test_the_same_object_in_two_files_is_an_error_naming_both(tmp_path: Path) -> None:
     first = write(tmp_path, "a.yaml", wasm_plugin("url: oci://example.com/a:1\npriority: 1"))
-    second = write(tmp_path, "b/b.yaml", documents(
+    second_text = documents(
         wasm_plugin("url: oci://example.com/other:1", name="other"),
         wasm_plugin("url: oci://example.com/a:1\npriority: 2"),
-    ))
+    )
+    second = write(tmp_path, "b/b.yaml", second_text)
     loaded = load(tmp_path)
     (error,) = loaded.errors
-    assert isinstance(error, ConfigError)
-    assert str(first) in error.reason and str(second) in error.reason
-    assert "WasmPlugin default/plugin is declared more than once" in error.reason
-    assert error.field == "metadata.name"
-    assert (error.path, error.line) in ((str(first), 1), (str(second), 11))
+    assert (error.path, error.line, error.field) == (str(second), line_of(second_text, "apiVersion:", 1), "metadata.name")
+    assert error.reason.startswith("WasmPlugin default/plugin is declared more than once")
+    assert f"{first}:1" in error.reason and f"{second}:{error.line}" in error.reason
     assert sorted(p.name for p in loaded.config.plugins) == ["other", "plugin"]
+    assert plugin_named(loaded, "plugin").priority == 1
+
+
+def test_a_new_duplicate_does_not_displace_the_served_object(tmp_path: Path) -> None:
+    original = write(tmp_path, "z.yaml", wasm_plugin("url: oci://example.com/a:1\npriority: 1"))
+    first = load(tmp_path)
+    copy = write(tmp_path, "a.yaml", wasm_plugin("url: oci://example.com/a:1\npriority: 2"))
+    second = load(tmp_path, first)
+    assert [(e.path, e.field) for e in second.errors] == [(str(copy), "metadata.name")]
+    assert plugin_named(second, "plugin").priority == 1
+    assert second.served[plugin_key("plugin")].path == str(original)
 
 
 def test_a_document_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> None:

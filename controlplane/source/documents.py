@@ -147,9 +147,14 @@ def _read_wasm_plugin(
         problems.append((at, "only one of selector, targetRef and targetRefs may be set"))
     if len(spec.targetRefs) > 16:
         problems.append((at + ("targetRefs",), "at most 16 entries"))
-    for index, ref in enumerate(spec.targetRefs):
+    ref_paths = [at + ("targetRefs", i) for i in range(len(spec.targetRefs))] + [at + ("targetRef",)] * (
+        spec.HasField("targetRef")
+    )
+    for ref, ref_at in zip(target_refs, ref_paths):
         if not ref.kind or not ref.name:
-            problems.append((at + ("targetRefs", index), "kind and name are required"))
+            problems.append((ref_at, "kind and name are required"))
+        if ref.namespace and ref.namespace != key.namespace:
+            problems.append((ref_at + ("namespace",), "cross namespace referencing is not currently supported"))
     if len(spec.image_pull_secret) > 253:
         problems.append((at + ("imagePullSecret",), "at most 253 characters"))
     if len(spec.plugin_name) > 256:

@@ -40,7 +40,7 @@ class _Loader(yaml.SafeLoader):
 
 
 def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigError]]:
-    """Every non-empty document of `text`; a syntax error ends the file with one error at its line."""
+    """Every non-empty document of `text`, or no document and the errors that make the file unusable."""
     documents: list[YamlDocument] = []
     errors: list[ConfigError] = []
     loader = _Loader(text)
@@ -64,6 +64,9 @@ def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigErr
         return [], [ConfigError(path, 1, "<yaml>", f"syntax error: {exc}")]
     finally:
         loader.dispose()
+    if errors:
+        # A duplicate key makes the file mean something other than what its author may think: take none of it.
+        return [], errors
     return documents, errors
 
 

@@ -20,9 +20,8 @@ def plugin_selects(plugin: WasmPlugin, proxy: ProxyClass, root_namespace: str) -
     if plugin.target_refs:
         # A Gateway reference selects the proxies Istio deploys for that gateway, which carry its name as a
         # label; Services and ServiceEntries name waypoints, which a directory of Sidecars does not have.
-        return any(
+        return plugin.namespace == proxy.namespace and any(
             ref.kind == "Gateway"
-            and ref.namespace == proxy.namespace
             and (GATEWAY_NAME_LABEL, ref.name) in proxy.labels
             for ref in plugin.target_refs
         )
