@@ -1,5 +1,6 @@
 """Wires the pipeline together for `controlplane serve`: directory → model → modules → translation →
 snapshots → ADS, with the watcher and the HTTP port at the edges."""
+
 from __future__ import annotations
 
 import asyncio
@@ -49,7 +50,7 @@ class ControlPlane:
 
     def __post_init__(self) -> None:
         self.cache: SnapshotCache[ProxyClass] = SnapshotCache()
-        self.cache.on_first_watch = lambda key: self.cache.set(key, self.snapshot_for(key))
+        self.cache.on_first_watch = self._build_first
         self.store = ModuleStore(self.settings.cache_dir)
         self.modules = ModuleResolver(self.store, self.settings.fetch, self._rebuild)
         self.ads = AggregatedDiscoveryServer(self.cache, proxy_class, self.ready)
@@ -66,7 +67,11 @@ class ControlPlane:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, self._grpc)
         self.xds_port = self._grpc.add_insecure_port(f"{_host(self.settings.host)}:{self.settings.xds_port}")
         self._http = HttpServer(
-            self.settings.host, self.settings.http_port, self.store, loop, self.ready.is_set,
+            self.settings.host,
+            self.settings.http_port,
+            self.store,
+            loop,
+            self.ready.is_set,
             {"/debug/config": self.config_status, "/debug/proxies": self.proxy_status},
         )
         self.http_port = self._http.port
@@ -79,8 +84,13 @@ class ControlPlane:
         await self.modules.settled()
         self.ready.set()
         self._tasks.append(asyncio.create_task(self._reload_loop()))
-        log.info("serving xDS on %s:%d and HTTP on %s:%d", self.settings.host, self.xds_port,
-                 self.settings.host, self.http_port)
+        log.info(
+            "serving xDS on %s:%d and HTTP on %s:%d",
+            self.settings.host,
+            self.xds_port,
+            self.settings.host,
+            self.http_port,
+        )
 
     async def stop(self) -> None:
         self._watcher.stop()
@@ -106,6 +116,9 @@ class ControlPlane:
             {CLUSTER: resources.clusters, LISTENER: resources.listeners, EXTENSION_CONFIG: resources.extension_configs}
         )
 
+    def _build_first(self, proxy: ProxyClass) -> None:
+        self.cache.set(proxy, self.snapshot_for(proxy))
+
     def _rebuild(self) -> None:
         for key in self.cache.watched_keys():
             if self.cache.set(key, self.snapshot_for(key)):
@@ -115,7 +128,7 @@ class ControlPlane:
         while True:
             try:
                 await asyncio.wait_for(self._reload_wanted.wait(), timeout=self.settings.resync_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             # Editors and git write several events for one change: take them as one.
             await asyncio.sleep(self.settings.debounce_seconds)
@@ -129,11 +142,18 @@ class ControlPlane:
         statuses = self.modules.statuses
         return {
             "errors": [str(e) for e in self.loaded.errors],
-            "files": {path: {"errors": [str(e) for e in state.errors + tuple(e for d in state.documents for e in d.errors)]}
-                      for path, state in self.loaded.files.items()},
+            "files": {
+                path: {"errors": [str(e) for e in state.errors + tuple(e for d in state.documents for e in d.errors)]}
+                for path, state in self.loaded.files.items()
+            },
             "serving": [
-                {"kind": key.kind, "namespace": key.namespace, "name": key.name, "source": str(served.value.source),
-                 "last_good": served.stale}
+                {
+                    "kind": key.kind,
+                    "namespace": key.namespace,
+                    "name": key.name,
+                    "source": str(served.value.source),
+                    "last_good": served.stale,
+                }
                 for key, served in self.loaded.served.items()
             ],
             "modules": {

@@ -1,4 +1,5 @@
 """An Envoy bootstrap that connects a proxy to the control plane over ADS, as a plain mapping."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -52,9 +53,7 @@ def envoy_bootstrap(
                                 "lb_endpoints": [
                                     {
                                         "endpoint": {
-                                            "address": {
-                                                "socket_address": {"address": xds_host, "port_value": xds_port}
-                                            }
+                                            "address": {"socket_address": {"address": xds_host, "port_value": xds_port}}
                                         }
                                     }
                                 ]

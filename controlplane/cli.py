@@ -1,4 +1,5 @@
 """The `controlplane` command: serve, validate, render, bootstrap."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,8 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from controlplane.app import ServeSettings, serve
 from controlplane.bootstrap import envoy_bootstrap
@@ -46,9 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--advertise-address", help="host the proxies use to reach --http-port (default: --host)")
     serve_cmd.add_argument("--root-namespace", default="istio-system")
     serve_cmd.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
-    serve_cmd.add_argument("--module-delivery", choices=["remote", "local"], default="remote",
-                           help="remote: proxies download modules from --http-port; local: proxies read "
-                                "them from --local-module-dir, a shared volume holding the cache dir")
+    serve_cmd.add_argument(
+        "--module-delivery",
+        choices=["remote", "local"],
+        default="remote",
+        help="remote: proxies download modules from --http-port; local: proxies read "
+        "them from --local-module-dir, a shared volume holding the cache dir",
+    )
     serve_cmd.add_argument("--local-module-dir", help="where the proxies see --cache-dir (default: the same path)")
     serve_cmd.add_argument("--max-module-size", type=int, default=FetchSettings.max_bytes, help="bytes")
     serve_cmd.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full rescans")
@@ -155,7 +160,7 @@ async def _resolve_modules(keys: list) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         store = ModuleStore(Path(scratch))
         results: list[ModuleStatus] = await asyncio.gather(*(resolve_module(k, store, FetchSettings()) for k in keys))
-    return dict(zip(keys, results))
+    return dict(zip(keys, results, strict=True))
 
 
 def _bootstrap(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """`controlplane demo`: the rate-limit tutorial on this machine. Starts httpbin, the control plane and
 Envoy with the repository's fixtures, sends the tutorial's requests before and after a WasmPlugin is
 saved into the config directory, prints what comes back, and stops everything."""
+
 from __future__ import annotations
 
 import http.client
@@ -9,9 +10,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
@@ -42,8 +44,19 @@ def run_demo() -> int:
         step("starting httpbin on", HTTPBIN_ADDRESS)
         start("httpbin", [_tool("gunicorn"), "-b", HTTPBIN_ADDRESS, "httpbin:app"])
         step("starting the control plane on 127.0.0.1:18000 (xDS) and :18001 (modules), watching", config_dir)
-        start("controlplane", [sys.executable, "-m", "controlplane", "serve", "--config-dir", str(config_dir),
-                               "--cache-dir", str(work_dir / "cache")])
+        start(
+            "controlplane",
+            [
+                sys.executable,
+                "-m",
+                "controlplane",
+                "serve",
+                "--config-dir",
+                str(config_dir),
+                "--cache-dir",
+                str(work_dir / "cache"),
+            ],
+        )
         _wait(lambda: _get(CONTROL_PLANE_HTTP_PORT, "/ready")[0] == 200, "the control plane")
         step("starting Envoy with", ENVOY_BOOTSTRAP.relative_to(REPO))
         start("envoy", [_tool("envoy"), "-c", str(ENVOY_BOOTSTRAP), "--use-dynamic-base-id", "--log-level", "warn"])
@@ -93,8 +106,9 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 30) -> None
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise SystemExit(f"demo: {what} did not come up within {timeout}s (ports 8000, 8080, 9901, 18000, 18001 "
-                             f"must be free)")
+            raise SystemExit(
+                f"demo: {what} did not come up within {timeout}s (ports 8000, 8080, 9901, 18000, 18001 must be free)"
+            )
         time.sleep(0.05)
 
 
@@ -105,10 +119,10 @@ def _tool(name: str) -> str:
     return found
 
 
-def _stop(process: subprocess.Popen[bytes], log: object) -> None:
+def _stop(process: subprocess.Popen[bytes], log: BinaryIO) -> None:
     process.terminate()
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
-    getattr(log, "close")()
+    log.close()

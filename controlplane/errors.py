@@ -1,4 +1,5 @@
 """The one error value every stage reports: where in which file, which field, and why."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

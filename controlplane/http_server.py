@@ -2,6 +2,7 @@
 
 Modules are immutable files named by their sha256, so handler threads read them without any lock; the
 status views are computed on the event loop, which owns the state they show."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,9 +11,10 @@ import logging
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 from controlplane.modules.store import ModuleStore
 
@@ -69,8 +71,12 @@ class HttpServer:
             _send(request, HTTPStatus.OK, b"ok\n", "text/plain")
         elif path == "/ready":
             ready = self._is_ready()
-            _send(request, HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
-                  b"ready\n" if ready else b"loading\n", "text/plain")
+            _send(
+                request,
+                HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+                b"ready\n" if ready else b"loading\n",
+                "text/plain",
+            )
         elif path in self._views:
             view = self._views[path]
             result = asyncio.run_coroutine_threadsafe(_call(view), self._loop).result(timeout=10)

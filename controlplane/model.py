@@ -1,9 +1,10 @@
 """The typed, immutable values every later stage works on: what the config directory declares."""
+
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 Labels = tuple[tuple[str, str], ...]
 """Labels as sorted (key, value) pairs: hashable, so values holding them can be keys and set members."""

@@ -1,8 +1,8 @@
 """What a proxy says about itself in its bootstrap, as Istio's proxies say it."""
+
 from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2
-from google.protobuf import struct_pb2
 
 from controlplane.model import ProxyClass, labels_from
 from controlplane.xds.ads import InvalidNode
@@ -29,9 +29,3 @@ def proxy_class(node: base_pb2.Node) -> ProxyClass:
                 raise InvalidNode(f"node {node.id!r}: metadata.LABELS.{key} must be a string")
             labels[key] = label.string_value
     return ProxyClass(namespace, labels_from(labels))
-
-
-def node_metadata(namespace: str, labels: dict[str, str]) -> struct_pb2.Struct:
-    metadata = struct_pb2.Struct()
-    metadata.update({"NAMESPACE": namespace, "LABELS": labels})
-    return metadata

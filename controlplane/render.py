@@ -1,4 +1,5 @@
 """Resources as people read them: YAML with typed configs decoded, in the order Envoy applies them."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Starts the real components the tests talk to (the control plane, Envoy, httpbin) as processes on
 loopback, and the small HTTP helpers the tests use to observe them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,9 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -81,7 +83,10 @@ class Process:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
             start_new_session=True,
         )
 
@@ -132,8 +137,21 @@ def start_control_plane(processes: list[Process], config_dir: Path, log_dir: Pat
     xds_port, http_port = free_port(), free_port()
     process = Process(
         "controlplane",
-        [sys.executable, "-m", "controlplane", "serve", "--config-dir", str(config_dir),
-         "--xds-port", str(xds_port), "--http-port", str(http_port), "--cache-dir", str(log_dir / "cache"), *extra],
+        [
+            sys.executable,
+            "-m",
+            "controlplane",
+            "serve",
+            "--config-dir",
+            str(config_dir),
+            "--xds-port",
+            str(xds_port),
+            "--http-port",
+            str(http_port),
+            "--cache-dir",
+            str(log_dir / "cache"),
+            *extra,
+        ],
         log_dir,
     )
     processes.append(process)
@@ -182,7 +200,11 @@ class EnvoyProcess:
 
 def start_envoy(
     processes: list[Process],
-    log_dir: Path, xds_port: int, node_id: str, namespace: str = "default", labels: dict[str, str] | None = None
+    log_dir: Path,
+    xds_port: int,
+    node_id: str,
+    namespace: str = "default",
+    labels: dict[str, str] | None = None,
 ) -> EnvoyProcess:
     admin_port = free_port()
     bootstrap = envoy_bootstrap(node_id, namespace, labels or {}, "127.0.0.1", xds_port, admin_port)
@@ -199,8 +221,9 @@ def start_envoy(
     return EnvoyProcess(process, admin_port)
 
 
-def sidecar_yaml(name: str, listen_port: int, upstream_port: int, labels: dict[str, str] | None = None,
-                 namespace: str = "default") -> str:
+def sidecar_yaml(
+    name: str, listen_port: int, upstream_port: int, labels: dict[str, str] | None = None, namespace: str = "default"
+) -> str:
     selector = ""
     if labels:
         selector = "  workloadSelector:\n    labels:\n" + "".join(f"      {k}: {v}\n" for k, v in labels.items())
@@ -220,9 +243,19 @@ spec:
 """
 
 
-def wasm_plugin_yaml(name: str, url: str, *, namespace: str = "default", selector: dict[str, str] | None = None,
-                     plugin_name: str = "", phase: str = "", priority: int | None = None,
-                     fail_strategy: str = "", config: dict[str, Any] | None = None, sha256: str = "") -> str:
+def wasm_plugin_yaml(
+    name: str,
+    url: str,
+    *,
+    namespace: str = "default",
+    selector: dict[str, str] | None = None,
+    plugin_name: str = "",
+    phase: str = "",
+    priority: int | None = None,
+    fail_strategy: str = "",
+    config: dict[str, Any] | None = None,
+    sha256: str = "",
+) -> str:
     spec: dict[str, Any] = {"url": url}
     if sha256:
         spec["sha256"] = sha256
@@ -235,8 +268,12 @@ def wasm_plugin_yaml(name: str, url: str, *, namespace: str = "default", selecto
         spec["priority"] = priority
     if config is not None:
         spec["pluginConfig"] = config
-    document = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
-                "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    document = {
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
     return yaml.safe_dump(document, sort_keys=False)
 
 

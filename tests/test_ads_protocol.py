@@ -1,10 +1,11 @@
 """The ADS stream as the xDS protocol describes it, driven by a scripted client over a real gRPC stream
 to a real control plane process."""
+
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
@@ -54,8 +55,9 @@ class Client:
         while (request := await self._outbox.get()) is not None:
             yield request
 
-    def send(self, type_url: str, names: list[str] | None = None, version: str = "", nonce: str = "",
-             error: str = "") -> None:
+    def send(
+        self, type_url: str, names: list[str] | None = None, version: str = "", nonce: str = "", error: str = ""
+    ) -> None:
         request = discovery_pb2.DiscoveryRequest(
             node=self.node, type_url=type_url, resource_names=names or [], version_info=version, response_nonce=nonce
         )
@@ -75,7 +77,7 @@ class Client:
     async def nothing_arrives(self) -> bool:
         try:
             item = await asyncio.wait_for(self._inbox.get(), QUIET_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return True
         raise AssertionError(f"unexpected: {item}")
 
@@ -90,7 +92,8 @@ def control_plane(tmp_path: Path, processes: list[Process]) -> ControlPlaneProce
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "sidecars.yaml").write_text(
-        sidecar_yaml("a", free_port(), free_port(), {"app": "a"}) + "---\n"
+        sidecar_yaml("a", free_port(), free_port(), {"app": "a"})
+        + "---\n"
         + sidecar_yaml("b", free_port(), free_port(), {"app": "b"})
     )
     return start_control_plane(processes, config_dir, tmp_path)
@@ -109,10 +112,16 @@ def run(control_plane: ControlPlaneProcess, script: Callable[..., Awaitable[None
 
 
 def plugin(config_dir: Path, app: str, requests_per_second: int) -> None:
-    write_atomically(config_dir / f"plugin-{app}.yaml", wasm_plugin_yaml(
-        f"limit-{app}", f"file://{RATELIMIT_WASM}", selector={"app": app}, plugin_name="ratelimit",
-        config={"requests_per_second": requests_per_second},
-    ))
+    write_atomically(
+        config_dir / f"plugin-{app}.yaml",
+        wasm_plugin_yaml(
+            f"limit-{app}",
+            f"file://{RATELIMIT_WASM}",
+            selector={"app": app},
+            plugin_name="ratelimit",
+            config={"requests_per_second": requests_per_second},
+        ),
+    )
 
 
 def test_ack_is_not_answered_and_a_nack_is_recorded_and_not_resent(control_plane: ControlPlaneProcess) -> None:
@@ -166,9 +175,7 @@ def test_named_resource_that_does_not_exist_yet_is_sent_when_it_appears(
     run(control_plane, script, "a")
 
 
-def test_a_change_is_pushed_only_to_the_proxies_it_concerns(
-    control_plane: ControlPlaneProcess, tmp_path: Path
-) -> None:
+def test_a_change_is_pushed_only_to_the_proxies_it_concerns(control_plane: ControlPlaneProcess, tmp_path: Path) -> None:
     async def script(a: Client, b: Client) -> None:
         for client in (a, b):
             client.send(LISTENER)
@@ -194,8 +201,11 @@ def test_a_node_with_malformed_metadata_is_refused(control_plane: ControlPlanePr
     assert http_get(control_plane.http_port, "/healthz").status == 200
 
 
-_MESSAGES = {CLUSTER: cluster_pb2.Cluster, LISTENER: listener_pb2.Listener,
-             EXTENSION_CONFIG: extension_pb2.TypedExtensionConfig}
+_MESSAGES = {
+    CLUSTER: cluster_pb2.Cluster,
+    LISTENER: listener_pb2.Listener,
+    EXTENSION_CONFIG: extension_pb2.TypedExtensionConfig,
+}
 
 
 def _names(response: discovery_pb2.DiscoveryResponse) -> list[str]:

@@ -1,5 +1,6 @@
 """The rate-limit tutorial without Kubernetes: YAML files in a directory, the control plane, a real Envoy
 in front of a real httpbin."""
+
 from __future__ import annotations
 
 import subprocess
@@ -17,8 +18,9 @@ def ratelimit(requests_per_second: int | None = None) -> str:
     config = {"deny_status": 429}
     if requests_per_second is not None:
         config["requests_per_second"] = requests_per_second
-    return wasm_plugin_yaml("ratelimit", f"file://{RATELIMIT_WASM}", selector={"app": "httpbin"},
-                            plugin_name="ratelimit", config=config)
+    return wasm_plugin_yaml(
+        "ratelimit", f"file://{RATELIMIT_WASM}", selector={"app": "httpbin"}, plugin_name="ratelimit", config=config
+    )
 
 
 def statuses(stack: Stack, count: int) -> list[int]:
@@ -42,8 +44,10 @@ def test_tutorial_plugin_is_applied_changed_and_removed_without_restarting_envoy
     assert stack.listener_filters() == [RATELIMIT_FILTER, ROUTER]
 
     stack.write("ratelimit.yaml", ratelimit(requests_per_second=3))
-    wait_for(lambda: '"requests_per_second":3' in str(stack.envoy.extension_configs().get(RATELIMIT_FILTER)),
-             what="Envoy to hold the new pluginConfig")
+    wait_for(
+        lambda: '"requests_per_second":3' in str(stack.envoy.extension_configs().get(RATELIMIT_FILTER)),
+        what="Envoy to hold the new pluginConfig",
+    )
     assert statuses(stack, 4) == [200, 200, 200, 429]
 
     path.unlink()
@@ -60,8 +64,10 @@ def test_syntax_error_keeps_the_last_good_config_and_is_reported_with_path_and_l
     broken = ratelimit(requests_per_second=3).replace("pluginName: ratelimit", "pluginName: [ratelimit")
     broken_line = broken.splitlines().index("  pluginName: [ratelimit") + 1
     stack.write("ratelimit.yaml", broken)
-    wait_for(lambda: any(e.startswith(f"{path}:") for e in stack.control_plane.status()["errors"]),
-             what="the error to be reported")
+    wait_for(
+        lambda: any(e.startswith(f"{path}:") for e in stack.control_plane.status()["errors"]),
+        what="the error to be reported",
+    )
     errors = [e for e in stack.control_plane.status()["errors"] if e.startswith(f"{path}:")]
     assert len(errors) == 1
     line = int(errors[0].split(":")[1])
@@ -73,25 +79,36 @@ def test_syntax_error_keeps_the_last_good_config_and_is_reported_with_path_and_l
     served = {s["name"]: s for s in stack.control_plane.status()["serving"]}
     assert served["ratelimit"]["last_good"] is True
 
-    result = subprocess.run([sys.executable, "-m", "controlplane", "validate", str(stack.config_dir)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "controlplane", "validate", str(stack.config_dir)], capture_output=True, text=True
+    )
     assert result.returncode == 1
     assert f"{path}:{line}: " in result.stderr
 
     stack.write("ratelimit.yaml", ratelimit(requests_per_second=3))
     wait_for(lambda: not stack.control_plane.status()["errors"], what="the error to clear")
-    wait_for(lambda: '"requests_per_second":3' in str(stack.envoy.extension_configs().get(RATELIMIT_FILTER)),
-             what="the fixed file to apply")
+    wait_for(
+        lambda: '"requests_per_second":3' in str(stack.envoy.extension_configs().get(RATELIMIT_FILTER)),
+        what="the fixed file to apply",
+    )
     assert statuses(stack, 4) == [200, 200, 200, 429]
 
 
 @pytest.mark.parametrize(("fail_strategy", "expected"), [("FAIL_CLOSE", 403), ("FAIL_OPEN", 200)])
 def test_unavailable_module_is_handled_by_its_fail_strategy(stack: Stack, fail_strategy: str, expected: int) -> None:
-    stack.write("remote.yaml", wasm_plugin_yaml("remote", "oci://registry.invalid/plugins/remote:1.0",
-                                                selector={"app": "httpbin"}, fail_strategy=fail_strategy))
+    stack.write(
+        "remote.yaml",
+        wasm_plugin_yaml(
+            "remote",
+            "oci://registry.invalid/plugins/remote:1.0",
+            selector={"app": "httpbin"},
+            fail_strategy=fail_strategy,
+        ),
+    )
     name = "extensions.istio.io/wasmplugin/default.remote"
-    wait_for(lambda: name in stack.listener_filters() and name in stack.envoy.extension_configs(),
-             what="the stand-in filter")
+    wait_for(
+        lambda: name in stack.listener_filters() and name in stack.envoy.extension_configs(), what="the stand-in filter"
+    )
     assert [r.status for r in burst(stack.port, 3)] == [expected] * 3
     module = stack.control_plane.status()["modules"]["oci://registry.invalid/plugins/remote:1.0"]
     assert module["state"] == "failed" and "OCI" in module["reason"]

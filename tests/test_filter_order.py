@@ -1,4 +1,5 @@
 """Plugins run in the order Istio's rules give: phase, then priority, then namespace and name."""
+
 from __future__ import annotations
 
 from tests.support import ORDER_MARKER_WASM, ROUTER, Stack, http_get, wait_for, wasm_plugin_yaml
@@ -17,10 +18,18 @@ EXPECTED = ["authn", "authz-ten", "authz-negative", "authz-unset", "stats-high",
 
 def test_filters_are_ordered_by_phase_and_priority_in_envoy_and_run_in_that_order(stack: Stack) -> None:
     for file_name, name, phase, priority in PLUGINS:
-        stack.write(file_name, wasm_plugin_yaml(
-            name, f"file://{ORDER_MARKER_WASM}", selector={"app": "httpbin"}, phase=phase, priority=priority,
-            plugin_name="order-marker", config={"name": name},
-        ))
+        stack.write(
+            file_name,
+            wasm_plugin_yaml(
+                name,
+                f"file://{ORDER_MARKER_WASM}",
+                selector={"app": "httpbin"},
+                phase=phase,
+                priority=priority,
+                plugin_name="order-marker",
+                config={"name": name},
+            ),
+        )
     expected_filters = [f"extensions.istio.io/wasmplugin/default.{name}" for name in EXPECTED] + [ROUTER]
     wait_for(lambda: stack.listener_filters() == expected_filters, what="all six plugins in Envoy's listener")
 

@@ -1,5 +1,6 @@
 """The committed bindings in controlplane/api/ are exactly what protos/ generates, and the WasmPlugin
 schema carries every field of Istio's WasmPlugin spec."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,21 @@ from controlplane.api.generate import API_DIR, PROTO_DIR, generate
 
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi")
 ISTIO_WASM_PLUGIN_FIELDS = {
-    "selector", "targetRef", "targetRefs", "url", "sha256", "imagePullPolicy", "imagePullSecret",
-    "verificationKey", "pluginConfig", "pluginName", "phase", "priority", "failStrategy", "vmConfig", "match",
+    "selector",
+    "targetRef",
+    "targetRefs",
+    "url",
+    "sha256",
+    "imagePullPolicy",
+    "imagePullSecret",
+    "verificationKey",
+    "pluginConfig",
+    "pluginName",
+    "phase",
+    "priority",
+    "failStrategy",
+    "vmConfig",
+    "match",
     "type",
 }
 
@@ -28,7 +42,9 @@ def spec_fields() -> dict[str, FieldDescriptor]:
 def test_every_proto_has_committed_bindings() -> None:
     protos = sorted(p.stem for p in PROTO_DIR.glob("*.proto"))
     assert protos == ["sidecar", "wasmplugin"]
-    assert sorted(generated_files(API_DIR)) == sorted(f"{stem}{suffix}" for stem in protos for suffix in GENERATED_SUFFIXES)
+    assert sorted(generated_files(API_DIR)) == sorted(
+        f"{stem}{suffix}" for stem in protos for suffix in GENERATED_SUFFIXES
+    )
 
 
 def test_committed_bindings_equal_freshly_generated_ones(tmp_path: Path) -> None:
@@ -52,9 +68,15 @@ def test_wasm_plugin_spec_field_shapes_follow_istio() -> None:
     assert fields["match"].is_repeated
     assert [v.name for v in fields["phase"].enum_type.values] == ["UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"]
     assert [(v.name, v.number) for v in fields["failStrategy"].enum_type.values] == [
-        ("FAIL_CLOSE", 0), ("FAIL_OPEN", 1), ("FAIL_RELOAD", 2)
+        ("FAIL_CLOSE", 0),
+        ("FAIL_OPEN", 1),
+        ("FAIL_RELOAD", 2),
     ]
-    assert [v.name for v in fields["imagePullPolicy"].enum_type.values] == ["UNSPECIFIED_POLICY", "IfNotPresent", "Always"]
+    assert [v.name for v in fields["imagePullPolicy"].enum_type.values] == [
+        "UNSPECIFIED_POLICY",
+        "IfNotPresent",
+        "Always",
+    ]
     assert [v.name for v in fields["type"].enum_type.values] == ["UNSPECIFIED_PLUGIN_TYPE", "HTTP", "NETWORK"]
     env = fields["vmConfig"].message_type.fields_by_name["env"].message_type
     assert {f.json_name for f in env.fields} == {"name", "valueFrom", "value"}
@@ -62,7 +84,10 @@ def test_wasm_plugin_spec_field_shapes_follow_istio() -> None:
     selector = fields["match"].message_type
     assert {f.json_name for f in selector.fields} == {"mode", "ports"}
     assert [v.name for v in selector.fields_by_name["mode"].enum_type.values] == [
-        "UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"
+        "UNDEFINED",
+        "CLIENT",
+        "SERVER",
+        "CLIENT_AND_SERVER",
     ]
     target = fields["targetRefs"].message_type
     assert {f.json_name for f in target.fields} == {"group", "kind", "name", "namespace"}

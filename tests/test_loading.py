@@ -1,5 +1,6 @@
 """The config loader against real files: discovery, parsing of every field, errors that point at the
 line the user wrote, and the last good version kept while a file is broken."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,12 @@ def write(root: Path, name: str, text: str) -> Path:
     return path
 
 
-def wasm_plugin(spec: str, name: str = "plugin", namespace: str | None = "default",
-                api_version: str = "extensions.istio.io/v1alpha1") -> str:
+def wasm_plugin(
+    spec: str,
+    name: str = "plugin",
+    namespace: str | None = "default",
+    api_version: str = "extensions.istio.io/v1alpha1",
+) -> str:
     """A WasmPlugin document; `spec` is the YAML body of its spec."""
     namespace_line = f"  namespace: {namespace}\n" if namespace else ""
     return (
@@ -51,8 +56,9 @@ def wasm_plugin(spec: str, name: str = "plugin", namespace: str | None = "defaul
     )
 
 
-def sidecar(spec: str, name: str = "sidecar", namespace: str = "default",
-            api_version: str = "networking.istio.io/v1") -> str:
+def sidecar(
+    spec: str, name: str = "sidecar", namespace: str = "default", api_version: str = "networking.istio.io/v1"
+) -> str:
     return (
         f"apiVersion: {api_version}\nkind: Sidecar\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
         f"spec:\n{textwrap.indent(textwrap.dedent(spec).strip(), '  ')}\n"
@@ -89,11 +95,15 @@ def plugin_key(name: str, namespace: str = "default") -> DocumentKey:
 def validate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "controlplane", "validate", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 # --- finding files and documents -------------------------------------------------------------------------
+
 
 def test_every_document_of_a_multi_document_file_is_loaded(tmp_path: Path) -> None:
     text = documents(
@@ -124,16 +134,24 @@ def test_yaml_and_yml_files_in_nested_folders_are_found_and_hidden_ones_skipped(
     assert loaded.errors == ()
     assert sorted(p.name for p in loaded.config.plugins) == ["deeper", "nested", "top"]
     assert sorted(Path(f).relative_to(tmp_path).as_posix() for f in loaded.files) == [
-        "comments-only.yml", "empty.yaml", "team/deep/er/deeper.yaml", "team/one/nested.yml", "top.yaml",
+        "comments-only.yml",
+        "empty.yaml",
+        "team/deep/er/deeper.yaml",
+        "team/one/nested.yml",
+        "top.yaml",
     ]
 
 
 def test_other_kinds_are_skipped_without_error(tmp_path: Path) -> None:
-    write(tmp_path, "app.yaml", documents(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  bogus: true\n",
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: [{port: 80}]\n",
-        wasm_plugin("url: oci://example.com/a:1"),
-    ))
+    write(
+        tmp_path,
+        "app.yaml",
+        documents(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  bogus: true\n",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: [{port: 80}]\n",
+            wasm_plugin("url: oci://example.com/a:1"),
+        ),
+    )
     loaded = load(tmp_path)
     assert loaded.errors == ()
     assert [p.name for p in loaded.config.plugins] == ["plugin"]
@@ -144,8 +162,11 @@ def test_other_kinds_are_skipped_without_error(tmp_path: Path) -> None:
     "api_version", ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
 )
 def test_sidecar_is_read_in_every_networking_api_version(tmp_path: Path, api_version: str) -> None:
-    path = write(tmp_path, "sidecar.yaml", sidecar(
-        """
+    path = write(
+        tmp_path,
+        "sidecar.yaml",
+        sidecar(
+            """
         workloadSelector:
           labels:
             app: web
@@ -163,8 +184,9 @@ def test_sidecar_is_read_in_every_networking_api_version(tmp_path: Path, api_ver
         egress:
         - hosts: ["./*"]
         """,
-        api_version=api_version,
-    ))
+            api_version=api_version,
+        ),
+    )
     loaded = load(tmp_path)
     assert loaded.errors == ()
     assert loaded.config.sidecars == (
@@ -190,9 +212,13 @@ def test_sidecar_without_workload_selector_is_namespace_wide(tmp_path: Path) -> 
 
 # --- WasmPlugin fields -------------------------------------------------------------------------------------
 
+
 def test_every_wasm_plugin_field_is_parsed(tmp_path: Path) -> None:
-    path = write(tmp_path, "plugin.yaml", wasm_plugin(
-        f"""
+    path = write(
+        tmp_path,
+        "plugin.yaml",
+        wasm_plugin(
+            f"""
         selector:
           matchLabels:
             app: web
@@ -229,8 +255,10 @@ def test_every_wasm_plugin_field_is_parsed(tmp_path: Path) -> None:
         - mode: CLIENT
         type: NETWORK
         """,
-        name="filter", namespace="apps",
-    ))
+            name="filter",
+            namespace="apps",
+        ),
+    )
     assert only_plugin(load(tmp_path)) == WasmPlugin(
         namespace="apps",
         name="filter",
@@ -256,9 +284,13 @@ def test_every_wasm_plugin_field_is_parsed(tmp_path: Path) -> None:
 
 
 def test_plugin_config_integers_stay_integers_in_the_json(tmp_path: Path) -> None:
-    write(tmp_path, "plugin.yaml", wasm_plugin(
-        "url: oci://example.com/a:1\npluginConfig:\n  requests_per_second: 2\n  deny_status: 429\n  big: 10000000000"
-    ))
+    write(
+        tmp_path,
+        "plugin.yaml",
+        wasm_plugin(
+            "url: oci://example.com/a:1\npluginConfig:\n  requests_per_second: 2\n  deny_status: 429\n  big: 10000000000"
+        ),
+    )
     plugin_config = only_plugin(load(tmp_path)).plugin_config
     assert plugin_config == '{"big":10000000000,"deny_status":429,"requests_per_second":2}'
     assert json.loads(plugin_config)["deny_status"] == 429
@@ -307,8 +339,11 @@ def test_match_without_mode_means_client_and_server(tmp_path: Path) -> None:
 
 
 def test_target_refs_default_to_the_plugin_namespace(tmp_path: Path) -> None:
-    write(tmp_path, "plugin.yaml", wasm_plugin(
-        """
+    write(
+        tmp_path,
+        "plugin.yaml",
+        wasm_plugin(
+            """
         url: oci://example.com/a:1
         targetRefs:
         - group: gateway.networking.k8s.io
@@ -317,8 +352,9 @@ def test_target_refs_default_to_the_plugin_namespace(tmp_path: Path) -> None:
         - kind: Gateway
           name: other
         """,
-        namespace="gateways",
-    ))
+            namespace="gateways",
+        ),
+    )
     assert only_plugin(load(tmp_path)).target_refs == (
         TargetRef("gateway.networking.k8s.io", "Gateway", "edge", "gateways"),
         TargetRef("", "Gateway", "other", "gateways"),
@@ -326,9 +362,13 @@ def test_target_refs_default_to_the_plugin_namespace(tmp_path: Path) -> None:
 
 
 def test_single_target_ref(tmp_path: Path) -> None:
-    write(tmp_path, "plugin.yaml", wasm_plugin(
-        "url: oci://example.com/a:1\ntargetRef:\n  group: gateway.networking.k8s.io\n  kind: Gateway\n  name: edge"
-    ))
+    write(
+        tmp_path,
+        "plugin.yaml",
+        wasm_plugin(
+            "url: oci://example.com/a:1\ntargetRef:\n  group: gateway.networking.k8s.io\n  kind: Gateway\n  name: edge"
+        ),
+    )
     plugin = only_plugin(load(tmp_path))
     assert plugin.target_refs == (TargetRef("gateway.networking.k8s.io", "Gateway", "edge", "default"),)
     assert plugin.selector is None
@@ -364,121 +404,200 @@ ErrorCase = tuple[str, str, int, str, str]
 ERROR_CASES: dict[str, ErrorCase] = {
     "yaml syntax": (
         wasm_plugin("url: oci://example.com/a:1\nphase: AUTHN: again"),
-        "phase: AUTHN: again", 0, "<yaml>", "syntax error: mapping values are not allowed here",
+        "phase: AUTHN: again",
+        0,
+        "<yaml>",
+        "syntax error: mapping values are not allowed here",
     ),
     "yaml syntax in a later document": (
-        documents(wasm_plugin("url: oci://example.com/a:1", name="a"),
-                  wasm_plugin("url: oci://example.com/a:1\npluginName: x: y", name="b")),
-        "pluginName: x: y", 0, "<yaml>", "syntax error: mapping values are not allowed here",
+        documents(
+            wasm_plugin("url: oci://example.com/a:1", name="a"),
+            wasm_plugin("url: oci://example.com/a:1\npluginName: x: y", name="b"),
+        ),
+        "pluginName: x: y",
+        0,
+        "<yaml>",
+        "syntax error: mapping values are not allowed here",
     ),
     "unknown field": (
         wasm_plugin("url: oci://example.com/a:1\npluginname: filter"),
-        "pluginname:", 0, "spec.pluginname", "unknown field; did you mean 'pluginName'?",
+        "pluginname:",
+        0,
+        "spec.pluginname",
+        "unknown field; did you mean 'pluginName'?",
     ),
     "unknown nested field": (
         wasm_plugin("url: oci://example.com/a:1\nvmConfig:\n  env:\n  - name: A\n    valueFom: HOST"),
-        "valueFom:", 0, "spec.vmConfig.env[0].valueFom", "unknown field; did you mean 'valueFrom'?",
+        "valueFom:",
+        0,
+        "spec.vmConfig.env[0].valueFom",
+        "unknown field; did you mean 'valueFrom'?",
     ),
     "bad enum": (
         wasm_plugin("url: oci://example.com/a:1\nphase: AUTHX"),
-        "phase: AUTHX", 0, "spec.phase",
+        "phase: AUTHX",
+        0,
+        "spec.phase",
         "unknown value 'AUTHX'; expected one of UNSPECIFIED_PHASE, AUTHN, AUTHZ, STATS",
     ),
     "bad nested enum": (
         wasm_plugin("url: oci://example.com/a:1\nmatch:\n- ports: [{number: 80}]\n- mode: SERVERS"),
-        "mode: SERVERS", 0, "spec.match[1].mode",
+        "mode: SERVERS",
+        0,
+        "spec.match[1].mode",
         "unknown value 'SERVERS'; expected one of UNDEFINED, CLIENT, SERVER, CLIENT_AND_SERVER",
     ),
     "wrong type": (
         wasm_plugin("url: oci://example.com/a:1\npriority: high"),
-        "priority: high", 0, "spec.priority", "expected an integer, got a string",
+        "priority: high",
+        0,
+        "spec.priority",
+        "expected an integer, got a string",
     ),
     "wrong type for a string": (
         wasm_plugin("url: oci://example.com/a:1\npluginName: [a, b]"),
-        "pluginName:", 0, "spec.pluginName", "expected a string, got a list",
+        "pluginName:",
+        0,
+        "spec.pluginName",
+        "expected a string, got a list",
     ),
     "sha256 too short": (
         wasm_plugin("url: oci://example.com/a:1\nsha256: abc123"),
-        "sha256:", 0, "spec.sha256", "must be 64 lowercase hex characters",
+        "sha256:",
+        0,
+        "spec.sha256",
+        "must be 64 lowercase hex characters",
     ),
     "sha256 upper case": (
         wasm_plugin(f"url: oci://example.com/a:1\nsha256: {SHA.upper()}"),
-        "sha256:", 0, "spec.sha256", "must be 64 lowercase hex characters",
+        "sha256:",
+        0,
+        "spec.sha256",
+        "must be 64 lowercase hex characters",
     ),
     "url missing": (
         wasm_plugin("pluginName: filter"),
-        "spec:", 0, "spec.url", "required",
+        "spec:",
+        0,
+        "spec.url",
+        "required",
     ),
     "url scheme": (
         wasm_plugin("pluginName: filter\nurl: ftp://example.com/a.wasm"),
-        "url: ftp://", 0, "spec.url", "scheme must be one of oci, file, http, https",
+        "url: ftp://",
+        0,
+        "spec.url",
+        "scheme must be one of oci, file, http, https",
     ),
     "selector and targetRefs": (
         wasm_plugin(
             "url: oci://example.com/a:1\nselector:\n  matchLabels: {app: web}\n"
             "targetRefs:\n- kind: Gateway\n  name: edge"
         ),
-        "spec:", 0, "spec", "only one of selector, targetRef and targetRefs may be set",
+        "spec:",
+        0,
+        "spec",
+        "only one of selector, targetRef and targetRefs may be set",
     ),
     "sha256 differs from the url digest": (
         wasm_plugin(f"url: oci://example.com/a@sha256:{'0' * 64}\nsha256: {SHA}"),
-        f"sha256: {SHA}", 0, "spec.sha256", f"does not match the digest in url (sha256:{'0' * 64})",
+        f"sha256: {SHA}",
+        0,
+        "spec.sha256",
+        f"does not match the digest in url (sha256:{'0' * 64})",
     ),
     "label value not a string": (
         wasm_plugin("url: oci://example.com/a:1\nselector:\n  matchLabels:\n    app: web\n    tier: 1"),
-        "tier: 1", 0, "spec.selector.matchLabels.tier", "expected a string, got an integer",
+        "tier: 1",
+        0,
+        "spec.selector.matchLabels.tier",
+        "expected a string, got an integer",
     ),
     "targetRefs entry without a name": (
         wasm_plugin("url: oci://example.com/a:1\ntargetRefs:\n- kind: Gateway\n  name: edge\n- kind: Gateway"),
-        "- kind: Gateway", 1, "spec.targetRefs[1]", "kind and name are required",
+        "- kind: Gateway",
+        1,
+        "spec.targetRefs[1]",
+        "kind and name are required",
     ),
     "targetRef without kind and name": (
         wasm_plugin("url: oci://example.com/a:1\ntargetRef:\n  group: gateway.networking.k8s.io"),
-        "targetRef:", 0, "spec.targetRef", "kind and name are required",
+        "targetRef:",
+        0,
+        "spec.targetRef",
+        "kind and name are required",
     ),
     "targetRefs entry in another namespace": (
         wasm_plugin("url: oci://example.com/a:1\ntargetRefs:\n- kind: Gateway\n  name: edge\n  namespace: apps"),
-        "namespace: apps", 0, "spec.targetRefs[0].namespace", "cross namespace referencing is not currently supported",
+        "namespace: apps",
+        0,
+        "spec.targetRefs[0].namespace",
+        "cross namespace referencing is not currently supported",
     ),
     "HOST env with a value": (
         wasm_plugin(
             "url: oci://example.com/a:1\nvmConfig:\n  env:\n  - name: A\n    value: x\n"
             "  - name: B\n    valueFrom: HOST\n    value: y"
         ),
-        "value: y", 0, "spec.vmConfig.env[1].value", "may only be set when valueFrom is INLINE",
+        "value: y",
+        0,
+        "spec.vmConfig.env[1].value",
+        "may only be set when valueFrom is INLINE",
     ),
     "duplicate env name": (
         wasm_plugin(
             "url: oci://example.com/a:1\nvmConfig:\n  env:\n  - name: TOKEN\n    value: a\n"
             "  - name: TOKEN\n    value: b"
         ),
-        "name: TOKEN", 1, "spec.vmConfig.env[1].name", "duplicate variable 'TOKEN'",
+        "name: TOKEN",
+        1,
+        "spec.vmConfig.env[1].name",
+        "duplicate variable 'TOKEN'",
     ),
     "match port 0": (
         wasm_plugin("url: oci://example.com/a:1\nmatch:\n- mode: SERVER\n  ports:\n  - number: 80\n  - number: 0"),
-        "number: 0", 0, "spec.match[0].ports[1].number", "must be 1 to 65535",
+        "number: 0",
+        0,
+        "spec.match[0].ports[1].number",
+        "must be 1 to 65535",
     ),
     "duplicate yaml key": (
         wasm_plugin("url: oci://example.com/a:1\nphase: AUTHN\npriority: 1\nphase: AUTHZ"),
-        "phase: AUTHZ", 0, "spec.phase", "duplicate key",
+        "phase: AUTHZ",
+        0,
+        "spec.phase",
+        "duplicate key",
     ),
     "wrong apiVersion for WasmPlugin": (
         wasm_plugin("url: oci://example.com/a:1", api_version="extensions.istio.io/v1beta1"),
-        "apiVersion:", 0, "apiVersion",
+        "apiVersion:",
+        0,
+        "apiVersion",
         "'extensions.istio.io/v1beta1' is not supported for WasmPlugin; use extensions.istio.io/v1alpha1",
     ),
     "sidecar ingress without defaultEndpoint": (
-        sidecar("ingress:\n- port:\n    number: 8080\n    protocol: HTTP\n- port:\n    number: 9090"
-                "\n  defaultEndpoint: 127.0.0.1:9000"),
-        "- port:", 0, "spec.ingress[0].defaultEndpoint", "required: where this port's traffic is sent",
+        sidecar(
+            "ingress:\n- port:\n    number: 8080\n    protocol: HTTP\n- port:\n    number: 9090"
+            "\n  defaultEndpoint: 127.0.0.1:9000"
+        ),
+        "- port:",
+        0,
+        "spec.ingress[0].defaultEndpoint",
+        "required: where this port's traffic is sent",
     ),
     "sidecar bad defaultEndpoint": (
         sidecar("ingress:\n- port:\n    number: 8080\n  defaultEndpoint: localhost"),
-        "defaultEndpoint:", 0, "spec.ingress[0].defaultEndpoint", "'localhost' is not HOST:PORT or unix://PATH",
+        "defaultEndpoint:",
+        0,
+        "spec.ingress[0].defaultEndpoint",
+        "'localhost' is not HOST:PORT or unix://PATH",
     ),
     "sidecar defaultEndpoint port out of range": (
         sidecar("ingress:\n- port:\n    number: 8080\n  defaultEndpoint: 127.0.0.1:70000"),
-        "defaultEndpoint:", 0, "spec.ingress[0].defaultEndpoint", "'127.0.0.1:70000' is not HOST:PORT or unix://PATH",
+        "defaultEndpoint:",
+        0,
+        "spec.ingress[0].defaultEndpoint",
+        "'127.0.0.1:70000' is not HOST:PORT or unix://PATH",
     ),
 }
 
@@ -520,7 +639,11 @@ def test_the_same_object_in_two_files_is_an_error_naming_both(tmp_path: Path) ->
     second = write(tmp_path, "b/b.yaml", second_text)
     loaded = load(tmp_path)
     (error,) = loaded.errors
-    assert (error.path, error.line, error.field) == (str(second), line_of(second_text, "apiVersion:", 1), "metadata.name")
+    assert (error.path, error.line, error.field) == (
+        str(second),
+        line_of(second_text, "apiVersion:", 1),
+        "metadata.name",
+    )
     assert error.reason.startswith("WasmPlugin default/plugin is declared more than once")
     assert f"{first}:1" in error.reason and f"{second}:{error.line}" in error.reason
     assert sorted(p.name for p in loaded.config.plugins) == ["other", "plugin"]
@@ -546,11 +669,16 @@ def test_a_document_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> None:
 
 # --- the last good version -------------------------------------------------------------------------------
 
+
 def test_a_file_with_a_syntax_error_keeps_its_last_good_values(tmp_path: Path) -> None:
-    broken = write(tmp_path, "a.yaml", documents(
-        wasm_plugin("url: oci://example.com/a:1\nphase: AUTHN", name="a1"),
-        wasm_plugin("url: oci://example.com/a:1\npriority: 3", name="a2"),
-    ))
+    broken = write(
+        tmp_path,
+        "a.yaml",
+        documents(
+            wasm_plugin("url: oci://example.com/a:1\nphase: AUTHN", name="a1"),
+            wasm_plugin("url: oci://example.com/a:1\npriority: 3", name="a2"),
+        ),
+    )
     write(tmp_path, "b.yaml", wasm_plugin("url: oci://example.com/b:1\nphase: STATS", name="b"))
     first = load(tmp_path)
     assert first.errors == ()
@@ -569,17 +697,25 @@ def test_a_file_with_a_syntax_error_keeps_its_last_good_values(tmp_path: Path) -
 
 
 def test_an_invalid_document_keeps_its_last_good_value_while_its_neighbours_change(tmp_path: Path) -> None:
-    write(tmp_path, "a.yaml", documents(
-        wasm_plugin("url: oci://example.com/a:1\nphase: AUTHN", name="a1"),
-        wasm_plugin("url: oci://example.com/a:1\npriority: 3", name="a2"),
-    ))
+    write(
+        tmp_path,
+        "a.yaml",
+        documents(
+            wasm_plugin("url: oci://example.com/a:1\nphase: AUTHN", name="a1"),
+            wasm_plugin("url: oci://example.com/a:1\npriority: 3", name="a2"),
+        ),
+    )
     write(tmp_path, "b.yaml", wasm_plugin("url: oci://example.com/b:1", name="b"))
     first = load(tmp_path)
 
-    write(tmp_path, "a.yaml", documents(
-        wasm_plugin("url: oci://example.com/a:2\nphase: AUTHX", name="a1"),
-        wasm_plugin("url: oci://example.com/a:1\npriority: 7", name="a2"),
-    ))
+    write(
+        tmp_path,
+        "a.yaml",
+        documents(
+            wasm_plugin("url: oci://example.com/a:2\nphase: AUTHX", name="a1"),
+            wasm_plugin("url: oci://example.com/a:1\npriority: 7", name="a2"),
+        ),
+    )
     write(tmp_path, "b.yaml", wasm_plugin("url: oci://example.com/b:2", name="b"))
     second = load(tmp_path, first)
 
@@ -633,6 +769,7 @@ def test_a_file_that_gains_a_duplicate_key_keeps_its_last_good_value(tmp_path: P
 
 # --- controlplane validate --------------------------------------------------------------------------------
 
+
 def test_validate_accepts_a_valid_directory(tmp_path: Path) -> None:
     write(tmp_path, "plugin.yaml", wasm_plugin("url: oci://example.com/a:1"))
     write(tmp_path, "sidecars/web.yml", sidecar("ingress:\n- port: {number: 80}\n  defaultEndpoint: 127.0.0.1:8080"))
@@ -649,8 +786,10 @@ def test_validate_reports_every_error_and_exits_1(tmp_path: Path) -> None:
     result = validate(str(tmp_path))
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert f"{first}:{line_of(bad_enum, 'failStrategy:')}: spec.failStrategy: unknown value 'FAIL_SOMETIMES'; " \
-           "expected one of FAIL_CLOSE, FAIL_OPEN, FAIL_RELOAD" in lines
+    assert (
+        f"{first}:{line_of(bad_enum, 'failStrategy:')}: spec.failStrategy: unknown value 'FAIL_SOMETIMES'; "
+        "expected one of FAIL_CLOSE, FAIL_OPEN, FAIL_RELOAD" in lines
+    )
     assert f"{second}:{line_of(no_url, 'spec:')}: spec.url: required" in lines
     assert all(ERROR_LINE.match(line) for line in lines), lines
     assert result.stdout == ""

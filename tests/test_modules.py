@@ -1,4 +1,5 @@
 """Modules from http(s) and files: downloaded, unpacked, checked against sha256 and served to a real Envoy."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,8 +10,8 @@ import subprocess
 import sys
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -58,11 +59,20 @@ def module_server() -> Iterator[int]:
 
 
 def apply(stack: Stack, url: str, sha256: str = "", fail_strategy: str = "") -> None:
-    text = wasm_plugin_yaml("limit", url, selector={"app": "httpbin"}, plugin_name="ratelimit",
-                            fail_strategy=fail_strategy, config={"requests_per_second": 2}, sha256=sha256)
+    text = wasm_plugin_yaml(
+        "limit",
+        url,
+        selector={"app": "httpbin"},
+        plugin_name="ratelimit",
+        fail_strategy=fail_strategy,
+        config={"requests_per_second": 2},
+        sha256=sha256,
+    )
     stack.write("limit.yaml", text)
-    wait_for(lambda: "extensions.istio.io/wasmplugin/default.limit" in stack.envoy.extension_configs(),
-             what="the plugin's config in Envoy")
+    wait_for(
+        lambda: "extensions.istio.io/wasmplugin/default.limit" in stack.envoy.extension_configs(),
+        what="the plugin's config in Envoy",
+    )
 
 
 @pytest.mark.parametrize("path", ["/plugin.wasm", "/plugin.wasm.gz", "/plugin.tar.gz"])
@@ -97,9 +107,20 @@ def test_a_file_that_is_not_wasm_never_reaches_envoy(stack: Stack, module_server
 def test_render_prints_the_resources_with_typed_configs_decoded(tmp_path: Path) -> None:
     config_dir = Path(__file__).resolve().parents[1] / "fixtures" / "config"
     result = subprocess.run(
-        [sys.executable, "-m", "controlplane", "render", str(config_dir), "--namespace", "default",
-         "--labels", "app=httpbin"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "controlplane",
+            "render",
+            str(config_dir),
+            "--namespace",
+            "default",
+            "--labels",
+            "app=httpbin",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     rendered = yaml.safe_load(result.stdout)
     [extension] = rendered["extension_configs"]

@@ -1,5 +1,6 @@
 """What users meet outside Python: the committed Envoy bootstraps and docker-compose.yml. Docker cannot
 run on the test machines, so the compose file is checked by reading it."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -17,15 +18,32 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 def bootstrap_command(xds_address: str) -> dict:
     output = subprocess.run(
-        [sys.executable, "-m", "controlplane", "bootstrap", "--node-id", "httpbin-1", "--namespace", "default",
-         "--labels", "app=httpbin", "--xds-address", xds_address],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "controlplane",
+            "bootstrap",
+            "--node-id",
+            "httpbin-1",
+            "--namespace",
+            "default",
+            "--labels",
+            "app=httpbin",
+            "--xds-address",
+            xds_address,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return yaml.safe_load(output)
 
 
 def test_committed_bootstraps_are_what_the_bootstrap_command_writes() -> None:
-    for file_name, xds_address in (("bootstrap-local.yaml", "127.0.0.1:18000"), ("bootstrap-compose.yaml", "controlplane:18000")):
+    for file_name, xds_address in (
+        ("bootstrap-local.yaml", "127.0.0.1:18000"),
+        ("bootstrap-compose.yaml", "controlplane:18000"),
+    ):
         committed = yaml.safe_load((REPO / "envoy" / file_name).read_text())
         assert committed == bootstrap_command(xds_address), file_name
 

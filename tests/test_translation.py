@@ -1,10 +1,11 @@
 """Which plugins a proxy gets, in which order, and the Envoy resources they become: pure functions on
 model values."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Mapping
 
 import pytest
 from envoy.config.core.v3 import extension_pb2
@@ -87,8 +88,12 @@ def port(number: int, protocol: str = "HTTP", endpoint: str = "127.0.0.1:9000") 
     return IngressPort(number, protocol, "", "", endpoint)
 
 
-def sidecar(name: str, namespace: str = "default", labels: Mapping[str, str] | None = None,
-            ports: tuple[IngressPort, ...] = (port(8080),)) -> Sidecar:
+def sidecar(
+    name: str,
+    namespace: str = "default",
+    labels: Mapping[str, str] | None = None,
+    ports: tuple[IngressPort, ...] = (port(8080),),
+) -> Sidecar:
     workload_labels = None if labels is None else labels_from(labels)
     return Sidecar(namespace, name, workload_labels, ports, SourceRef(f"{namespace}/{name}.yaml", 1))
 
@@ -106,9 +111,13 @@ def ready(*plugins: WasmPlugin) -> dict[ModuleKey, ModuleStatus]:
     return {p.module: ModuleReady(SHA, 1024) for p in plugins}
 
 
-def render(plugins: list[WasmPlugin], sidecars: list[Sidecar] | None = None,
-           modules: Mapping[ModuleKey, ModuleStatus] | None = None, settings: TranslateSettings = SETTINGS,
-           on: ProxyClass | None = None) -> ProxyResources:
+def render(
+    plugins: list[WasmPlugin],
+    sidecars: list[Sidecar] | None = None,
+    modules: Mapping[ModuleKey, ModuleStatus] | None = None,
+    settings: TranslateSettings = SETTINGS,
+    on: ProxyClass | None = None,
+) -> ProxyResources:
     config = Config(plugins=tuple(plugins), sidecars=tuple(sidecars if sidecars is not None else [sidecar("web")]))
     return translate(config, on or proxy(), ready(*plugins) if modules is None else modules, settings)
 
@@ -151,6 +160,7 @@ def wasm_plugin_config(resources: ProxyResources) -> wasm_pb2.PluginConfig:
 
 # --- order ------------------------------------------------------------------------------------------------
 
+
 def test_phases_order_authn_authz_stats_then_unspecified() -> None:
     plugins = [
         plugin("d", phase=Phase.UNSPECIFIED_PHASE, priority=1000),
@@ -171,7 +181,11 @@ def test_higher_priority_first_and_unset_after_every_set_value() -> None:
         plugin("hundred", priority=100),
     ]
     assert selected(plugins) == [
-        "default.hundred", "default.ten", "default.zero", "default.minus-five", "default.most-negative",
+        "default.hundred",
+        "default.ten",
+        "default.zero",
+        "default.minus-five",
+        "default.most-negative",
         "default.unset",
     ]
 
@@ -192,6 +206,7 @@ def test_ties_break_by_namespace_then_name_whatever_the_input_order() -> None:
 
 
 # --- who gets what -----------------------------------------------------------------------------------------
+
 
 def test_root_namespace_plugins_apply_in_every_namespace() -> None:
     plugins = [plugin("everywhere", namespace=ROOT), plugin("web-only", namespace=ROOT, selector=(("app", "web"),))]
@@ -316,17 +331,26 @@ def test_among_equal_sidecars_the_first_by_name_wins() -> None:
 
 # --- resources ---------------------------------------------------------------------------------------------
 
+
 def test_one_listener_and_cluster_per_ingress_port() -> None:
     ports = (port(8080), port(9090, endpoint="app.local:7000"), port(5432, protocol="TCP", endpoint="127.0.0.1:15432"))
     resources = render([plugin("p")], [sidecar("web", ports=ports)])
     assert [listener.name for listener in resources.listeners] == ["inbound|8080", "inbound|9090", "inbound|5432"]
     assert [listener.address.socket_address.port_value for listener in resources.listeners] == [8080, 9090, 5432]
-    assert [c.name for c in resources.clusters] == ["wasm-modules", "inbound|8080||", "inbound|9090||", "inbound|5432||"]
+    assert [c.name for c in resources.clusters] == [
+        "wasm-modules",
+        "inbound|8080||",
+        "inbound|9090||",
+        "inbound|5432||",
+    ]
     endpoints = [
         c.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address for c in resources.clusters
     ]
     assert [(e.address, e.port_value) for e in endpoints] == [
-        ("127.0.0.1", 18001), ("127.0.0.1", 9000), ("app.local", 7000), ("127.0.0.1", 15432)
+        ("127.0.0.1", 18001),
+        ("127.0.0.1", 9000),
+        ("app.local", 7000),
+        ("127.0.0.1", 15432),
     ]
 
 
@@ -359,8 +383,13 @@ def test_no_sidecar_means_no_listener_and_no_extension_config() -> None:
 
 
 def test_the_extension_config_carries_the_wasm_filter() -> None:
-    p = plugin("limiter", namespace=ROOT, plugin_name="ratelimit",
-               plugin_config='{"deny_status":429,"requests_per_second":2}', sha256=SHA)
+    p = plugin(
+        "limiter",
+        namespace=ROOT,
+        plugin_name="ratelimit",
+        plugin_config='{"deny_status":429,"requests_per_second":2}',
+        sha256=SHA,
+    )
     resources = render([p])
     assert only_extension_config(resources).name == "extensions.istio.io/wasmplugin/istio-system.limiter"
     config = wasm_plugin_config(resources)
@@ -382,7 +411,10 @@ def test_the_module_server_address_follows_the_settings() -> None:
     settings = TranslateSettings(module_host="::1", module_port=9999)
     resources = render([plugin("p")], settings=settings)
     assert wasm_plugin_config(resources).vm_config.code.remote.http_uri.uri == f"http://[::1]:9999/modules/{SHA}.wasm"
-    assert resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address == "::1"
+    assert (
+        resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address
+        == "::1"
+    )
 
 
 def test_no_plugin_config_sends_no_configuration() -> None:
@@ -462,12 +494,19 @@ def test_network_plugins_become_listener_filters_before_the_connection_manager()
 def test_a_tcp_port_gets_network_plugins_and_a_tcp_proxy() -> None:
     plugins = [plugin("tcp-filter", type=PluginType.NETWORK), plugin("http-filter")]
     (listener,) = render(plugins, [sidecar("db", ports=(port(5432, protocol="TCP"),))]).listeners
-    assert [f.name for f in listener_filters(listener)] == [*ecds("default.tcp-filter"), "envoy.filters.network.tcp_proxy"]
+    assert [f.name for f in listener_filters(listener)] == [
+        *ecds("default.tcp-filter"),
+        "envoy.filters.network.tcp_proxy",
+    ]
 
 
 def test_env_vars_map_to_key_values_and_host_env_keys() -> None:
-    env = (EnvVar("TOKEN", False, "secret"), EnvVar("POD_NAME", True, ""), EnvVar("MODE", False, "strict"),
-           EnvVar("NODE", True, ""))
+    env = (
+        EnvVar("TOKEN", False, "secret"),
+        EnvVar("POD_NAME", True, ""),
+        EnvVar("MODE", False, "strict"),
+        EnvVar("NODE", True, ""),
+    )
     variables = wasm_plugin_config(render([plugin("p", env=env)])).vm_config.environment_variables
     assert dict(variables.key_values) == {"TOKEN": "secret", "MODE": "strict"}
     assert list(variables.host_env_keys) == ["POD_NAME", "NODE"]
@@ -482,13 +521,16 @@ def test_local_module_delivery_uses_a_file_name() -> None:
 
 # --- snapshot versions -------------------------------------------------------------------------------------
 
+
 def snapshot_version(plugins: list[WasmPlugin], modules: Mapping[ModuleKey, ModuleStatus] | None = None) -> str:
     resources = render(plugins, [sidecar("web", ports=(port(8080), port(9090)))], modules=modules)
-    return Snapshot.of({
-        CLUSTER: resources.clusters,
-        LISTENER: resources.listeners,
-        EXTENSION_CONFIG: resources.extension_configs,
-    }).version
+    return Snapshot.of(
+        {
+            CLUSTER: resources.clusters,
+            LISTENER: resources.listeners,
+            EXTENSION_CONFIG: resources.extension_configs,
+        }
+    ).version
 
 
 def two_plugins() -> list[WasmPlugin]:

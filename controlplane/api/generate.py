@@ -3,6 +3,7 @@
 Run `python -m controlplane.api.generate` after changing a `.proto` file; a test fails while the
 committed bindings differ from what this produces.
 """
+
 from __future__ import annotations
 
 import sys

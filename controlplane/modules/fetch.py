@@ -1,4 +1,5 @@
 """Gets a module's bytes from where its url points. Verification and caching live elsewhere."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,7 +31,7 @@ class FetchSettings:
 
 async def fetch_module(url: str, settings: FetchSettings) -> bytes:
     if url.startswith("file://"):
-        return await asyncio.to_thread(_read_file, url[len("file://"):], settings.max_bytes)
+        return await asyncio.to_thread(_read_file, url[len("file://") :], settings.max_bytes)
     if url.startswith(("http://", "https://")):
         return unpack(await _download(url, settings), settings.max_bytes)
     raise FetchFailed("OCI registries are not supported yet (oci:// and scheme-less urls)")

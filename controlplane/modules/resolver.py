@@ -1,11 +1,12 @@
 """Keeps every module that the config needs fetched, verified and in the store, and tells its owner
 when the state of a module changes. Each module key is fetched once at a time; fetches run
 concurrently, so a slow one holds up no other plugin."""
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus
 from controlplane.modules.fetch import FetchFailed, FetchSettings, fetch_module

@@ -1,4 +1,5 @@
 """A content-addressed folder of verified modules: a module's file name is its sha256."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,6 @@
 """Checks that a module is one Envoy can run, before any proxy is told to load it: Envoy ACKs a config
 with remote code and only then fails to load a broken module, answering 503 to every request."""
+
 from __future__ import annotations
 
 import hashlib

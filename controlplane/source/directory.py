@@ -1,12 +1,13 @@
 """Loads a config directory into a `Config`, keeping the last good version of whatever is now broken."""
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from controlplane.errors import ConfigError
 from controlplane.model import Config, Sidecar, WasmPlugin
@@ -54,9 +55,7 @@ def find_yaml_files(roots: list[str]) -> list[str]:
             continue
         for folder, subfolders, files in os.walk(root, followlinks=True):
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-            found.update(
-                os.path.join(folder, f) for f in files if f.endswith(YAML_SUFFIXES) and not f.startswith(".")
-            )
+            found.update(os.path.join(folder, f) for f in files if f.endswith(YAML_SUFFIXES) and not f.startswith("."))
     return sorted(found)
 
 
@@ -105,9 +104,7 @@ def assemble(files: Mapping[str, FileState], previous: LoadedDirectory) -> Loade
             else:
                 last_good = previous.served.get(document.key)
                 if last_good is not None and last_good.path == state.path:
-                    candidates.setdefault(document.key, []).append(
-                        Served(last_good.value, state.path, True)
-                    )
+                    candidates.setdefault(document.key, []).append(Served(last_good.value, state.path, True))
     for key, served in previous.served.items():
         if served.path in broken_files and key not in candidates:
             candidates[key] = [Served(served.value, served.path, True)]
@@ -121,8 +118,12 @@ def assemble(files: Mapping[str, FileState], previous: LoadedDirectory) -> Loade
             for option in options:
                 if option is not keep:
                     errors.append(
-                        ConfigError(option.value.source.path, option.value.source.line, "metadata.name",
-                                    f"{key} is declared more than once ({paths}); serving {keep.value.source}")
+                        ConfigError(
+                            option.value.source.path,
+                            option.value.source.line,
+                            "metadata.name",
+                            f"{key} is declared more than once ({paths}); serving {keep.value.source}",
+                        )
                     )
         else:
             keep = options[0]

@@ -1,4 +1,5 @@
 """Turns one YAML document into a model value, checking what Istio's schema and admission would."""
+
 from __future__ import annotations
 
 import json
@@ -84,7 +85,10 @@ def read_document(document: YamlDocument) -> DocumentResult | None:
     expected_versions = WASM_PLUGIN_API_VERSIONS if kind == "WasmPlugin" else SIDECAR_API_VERSIONS
     if api_version not in expected_versions:
         problems.append(
-            (("apiVersion",), f"{api_version!r} is not supported for {kind}; use {' or '.join(sorted(expected_versions))}")
+            (
+                ("apiVersion",),
+                f"{api_version!r} is not supported for {kind}; use {' or '.join(sorted(expected_versions))}",
+            )
         )
     metadata = data.get("metadata")
     key = None
@@ -150,7 +154,7 @@ def _read_wasm_plugin(
     ref_paths = [at + ("targetRefs", i) for i in range(len(spec.targetRefs))] + [at + ("targetRef",)] * (
         spec.HasField("targetRef")
     )
-    for ref, ref_at in zip(target_refs, ref_paths):
+    for ref, ref_at in zip(target_refs, ref_paths, strict=True):
         if not ref.kind or not ref.name:
             problems.append((ref_at, "kind and name are required"))
         if ref.namespace and ref.namespace != key.namespace:
@@ -193,9 +197,7 @@ def _read_wasm_plugin(
             namespace=key.namespace,
             name=key.name,
             selector=labels_from(spec.selector.match_labels) if spec.HasField("selector") else None,
-            target_refs=tuple(
-                TargetRef(r.group, r.kind, r.name, r.namespace or key.namespace) for r in target_refs
-            ),
+            target_refs=tuple(TargetRef(r.group, r.kind, r.name, r.namespace or key.namespace) for r in target_refs),
             url=url,
             sha256=spec.sha256,
             image_pull_policy=PullPolicy(wasmplugin_pb2.PullPolicy.Name(spec.image_pull_policy)),
@@ -226,7 +228,7 @@ def _resolve_file_url(url: str, document_path: str) -> str:
     """`file://relative/x.wasm` is read relative to the YAML file, so a repository can carry its modules."""
     if not url.startswith("file://"):
         return url
-    path = url[len("file://"):]
+    path = url[len("file://") :]
     if path.startswith("/"):
         return url
     return "file://" + os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(document_path)), path))
@@ -253,9 +255,7 @@ def _read_sidecar(data: Any, key: DocumentKey, source: SourceRef) -> tuple[Sidec
             match = _HOST_PORT.match(endpoint)
             if match is None or not 1 <= int(match.group(2)) <= 65535:
                 problems.append((at + ("defaultEndpoint",), f"{endpoint!r} is not HOST:PORT or unix://PATH"))
-        ports.append(
-            IngressPort(number, ingress.port.protocol.upper(), ingress.port.name, ingress.bind, endpoint)
-        )
+        ports.append(IngressPort(number, ingress.port.protocol.upper(), ingress.port.name, ingress.bind, endpoint))
     if problems:
         return None, problems
     selector = labels_from(spec.workload_selector.labels) if spec.HasField("workload_selector") else None

@@ -1,6 +1,7 @@
 """Checks a YAML tree against a protobuf message schema before converting it, so that every problem is
 reported with the field path it sits at (protobuf's own JSON parser stops at the first one and names
 no path)."""
+
 from __future__ import annotations
 
 import difflib
@@ -134,6 +135,12 @@ def _check_json_value(value: Any, at: FieldPath) -> list[Problem]:
 
 
 def _describe(value: Any) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-             float: "a number"}
+    names = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }
     return names.get(type(value), type(value).__name__)

@@ -1,13 +1,15 @@
 """Tells the owner that something below the config directory may have changed. The owner reloads the
 whole directory, which is cheap and cannot miss an event's meaning (renames, symlink swaps)."""
+
 from __future__ import annotations
 
 import asyncio
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 
 class _Forward(FileSystemEventHandler):
@@ -25,7 +27,7 @@ class DirectoryWatcher:
     def __init__(self, roots: list[str], notify: Callable[[], None]) -> None:
         self._roots = roots
         self._notify = notify
-        self._observer: Observer | None = None
+        self._observer: BaseObserver | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         observer = Observer()

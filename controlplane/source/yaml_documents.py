@@ -1,9 +1,11 @@
 """Splits a YAML file into documents and remembers the line of every key, so that a later error about
 `spec.match[0].mode` can point at the line the user wrote it on."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

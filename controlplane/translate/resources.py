@@ -1,10 +1,12 @@
 """From the model, one proxy class and the state of the modules to the Envoy resources that proxy gets.
 Pure: no I/O, no clock; equal inputs give equal messages."""
+
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, backoff_pb2, base_pb2, config_source_pb2, extension_pb2, http_uri_pb2
@@ -116,7 +118,9 @@ def _listener(port: IngressPort, plugins: list[WasmPlugin]) -> listener_pb2.List
     http_plugins = [p for p in plugins if p.type == PluginType.HTTP]
     stat_prefix = f"inbound_{port.number}"
     if port.protocol in HTTP_PROTOCOLS:
-        terminal = _typed_filter("envoy.filters.network.http_connection_manager", _http_connection_manager(port, http_plugins))
+        terminal = _typed_filter(
+            "envoy.filters.network.http_connection_manager", _http_connection_manager(port, http_plugins)
+        )
     else:
         terminal = _typed_filter(
             "envoy.filters.network.tcp_proxy",
@@ -144,9 +148,7 @@ def _http_connection_manager(port: IngressPort, plugins: list[WasmPlugin]) -> hc
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         route_config=route_pb2.RouteConfiguration(
             name=listener_name(port),
-            virtual_hosts=[
-                route_components_pb2.VirtualHost(name=listener_name(port), domains=["*"], routes=[route])
-            ],
+            virtual_hosts=[route_components_pb2.VirtualHost(name=listener_name(port), domains=["*"], routes=[route])],
         ),
         http_filters=[*filters, router],
     )
@@ -253,7 +255,7 @@ def _typed_filter(name: str, message: Message) -> listener_components_pb2.Filter
 def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
     endpoint = port.default_endpoint
     if endpoint.startswith("unix://"):
-        address = address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint[len("unix://"):]))
+        address = address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint[len("unix://") :]))
         return _cluster(upstream_cluster_name(port), address, cluster_pb2.Cluster.STATIC)
     host, _, port_text = endpoint.rpartition(":")
     host = host.strip("[]")
@@ -278,9 +280,7 @@ def _cluster(name: str, address: address_pb2.Address, discovery: int) -> cluster
             endpoints=[
                 endpoint_components_pb2.LocalityLbEndpoints(
                     lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(address=address)
-                        )
+                        endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=address))
                     ]
                 )
             ],

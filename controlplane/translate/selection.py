@@ -1,4 +1,5 @@
 """Which declared objects apply to a proxy, and in what order: Istio's rules, as pure functions."""
+
 from __future__ import annotations
 
 from controlplane.model import (
@@ -21,9 +22,7 @@ def plugin_selects(plugin: WasmPlugin, proxy: ProxyClass, root_namespace: str) -
         # A Gateway reference selects the proxies Istio deploys for that gateway, which carry its name as a
         # label; Services and ServiceEntries name waypoints, which a directory of Sidecars does not have.
         return plugin.namespace == proxy.namespace and any(
-            ref.kind == "Gateway"
-            and (GATEWAY_NAME_LABEL, ref.name) in proxy.labels
-            for ref in plugin.target_refs
+            ref.kind == "Gateway" and (GATEWAY_NAME_LABEL, ref.name) in proxy.labels for ref in plugin.target_refs
         )
     if plugin.namespace != proxy.namespace and plugin.namespace != root_namespace:
         return False
@@ -59,7 +58,11 @@ def select_sidecar(config: Config, proxy: ProxyClass, root_namespace: str) -> Si
     oldest; a directory has no creation time)."""
     in_namespace = [s for s in config.sidecars if s.namespace == proxy.namespace]
     for candidates in (
-        [s for s in in_namespace if s.workload_labels is not None and selector_matches(s.workload_labels, proxy.labels)],
+        [
+            s
+            for s in in_namespace
+            if s.workload_labels is not None and selector_matches(s.workload_labels, proxy.labels)
+        ],
         [s for s in in_namespace if s.workload_labels is None],
         [s for s in config.sidecars if s.namespace == root_namespace and s.workload_labels is None],
     ):

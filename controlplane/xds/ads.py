@@ -1,12 +1,14 @@
 """The state-of-the-world ADS servicer: one stream per proxy, every type multiplexed on it."""
+
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Generic, Hashable, TypeVar
+from typing import Generic, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -64,7 +66,7 @@ class AggregatedDiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer,
         inbox: asyncio.Queue[object] = asyncio.Queue()
         reader = asyncio.create_task(_pump(request_iterator, inbox))
         stream_id = id(inbox)
-        cancel_watch: Callable[[], None] = lambda: None
+        cancel_watch: Callable[[], None] | None = None
         try:
             first = await inbox.get()
             if not isinstance(first, discovery_pb2.DiscoveryRequest):
@@ -97,7 +99,8 @@ class AggregatedDiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer,
                     yield response
                 item = await inbox.get()
         finally:
-            cancel_watch()
+            if cancel_watch is not None:
+                cancel_watch()
             reader.cancel()
             closed = self.connections.pop(stream_id, None)
             if closed is not None:
@@ -116,7 +119,10 @@ class AggregatedDiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer,
                 if (rejected, message) != (state.rejected_version, state.error):
                     log.warning(
                         "proxy %s rejected %s version %s: %s",
-                        connection.node_id, _short(request.type_url), rejected, message,
+                        connection.node_id,
+                        _short(request.type_url),
+                        rejected,
+                        message,
                     )
                 state.rejected_version, state.error = rejected, message
             else:

@@ -1,7 +1,9 @@
 """Snapshots by key (a proxy class), and the streams waiting for their key's snapshot to change."""
+
 from __future__ import annotations
 
-from typing import Callable, Generic, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 from controlplane.xds.snapshot import Snapshot
 

@@ -1,9 +1,10 @@
 """Immutable sets of resources, versioned by their content."""
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -37,7 +38,7 @@ class Resource:
 def make_resource(message: Message) -> Resource:
     body = any_pb2.Any()
     body.Pack(message, deterministic=True)
-    return Resource(getattr(message, "name"), _digest([body.value]), body)
+    return Resource(message.name, _digest([body.value]), body)
 
 
 @dataclass(frozen=True)
