@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpServer
@@ -22,8 +21,8 @@ from controlplane.node import proxy_class
 from controlplane.source.directory import LoadedDirectory, load_directory
 from controlplane.source.watcher import DirectoryWatcher
 from controlplane.translate.resources import TranslateSettings, translate
-from controlplane.xds.ads import AggregatedDiscoveryServer
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.server import DiscoveryServer
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snapshot
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class ControlPlane:
         self.cache.on_first_watch = self._build_first
         self.store = ModuleStore(self.settings.cache_dir)
         self.modules = ModuleResolver(self.store, self.settings.fetch, self._rebuild)
-        self.ads = AggregatedDiscoveryServer(self.cache, proxy_class, self.ready)
+        self.xds = DiscoveryServer(self.cache, proxy_class, self.ready)
         self._reload_wanted = asyncio.Event()
         self._reported: set[ConfigError] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -64,7 +63,7 @@ class ControlPlane:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._grpc = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, self._grpc)
+        self.xds.register(self._grpc)
         self.xds_port = self._grpc.add_insecure_port(f"{_host(self.settings.host)}:{self.settings.xds_port}")
         self._http = HttpServer(
             self.settings.host,
@@ -173,9 +172,10 @@ class ControlPlane:
             {
                 "node": c.node_id,
                 "class": str(c.key),
+                "protocol": c.protocol,
                 "types": {
                     type_url: {
-                        "sent": s.sent.version if s.sent else "",
+                        "sent": s.sent_version,
                         "acked": s.acked_version,
                         "rejected": s.rejected_version,
                         "error": s.error,
@@ -183,7 +183,7 @@ class ControlPlane:
                     for type_url, s in c.types.items()
                 },
             }
-            for c in self.ads.connections.values()
+            for c in self.xds.connections.values()
         ]
 
 

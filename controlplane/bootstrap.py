@@ -15,6 +15,7 @@ def envoy_bootstrap(
     xds_port: int,
     admin_port: int = 9901,
     admin_host: str = "127.0.0.1",
+    delta: bool = False,
 ) -> dict[str, Any]:
     app = labels.get("app", node_id)
     return {
@@ -26,7 +27,7 @@ def envoy_bootstrap(
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
                 "set_node_on_first_message_only": True,

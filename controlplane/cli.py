@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
     bootstrap_cmd.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port, help="HOST:PORT")
     bootstrap_cmd.add_argument("--admin-port", type=int, default=9901)
+    bootstrap_cmd.add_argument("--delta", action="store_true", help="incremental xDS instead of state of the world")
     bootstrap_cmd.set_defaults(run=_bootstrap)
 
     demo_cmd = commands.add_parser("demo", help="run the rate-limit tutorial with httpbin and Envoy on this machine")
@@ -165,7 +166,7 @@ async def _resolve_modules(keys: list) -> dict:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     host, port = args.xds_address
-    print(to_yaml(envoy_bootstrap(args.node_id, args.namespace, args.labels, host, port, args.admin_port)), end="")
+    print(to_yaml(envoy_bootstrap(args.node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)), end="")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from envoy.config.core.v3 import base_pb2
 
 from controlplane.model import ProxyClass, labels_from
-from controlplane.xds.ads import InvalidNode
+from controlplane.xds.connection import InvalidNode
 
 DEFAULT_NAMESPACE = "default"
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import yaml
 
 from controlplane.bootstrap import envoy_bootstrap
@@ -27,6 +28,7 @@ RATELIMIT_WASM = PLUGINS / "ratelimit" / "plugin.wasm"
 ORDER_MARKER_WASM = PLUGINS / "order-marker" / "plugin.wasm"
 T = TypeVar("T")
 ROUTER = "envoy.filters.http.router"
+BOTH_PROTOCOLS = pytest.mark.parametrize("stack", ["sotw", "delta"], indirect=True)
 
 
 def free_port() -> int:
@@ -205,9 +207,10 @@ def start_envoy(
     node_id: str,
     namespace: str = "default",
     labels: dict[str, str] | None = None,
+    delta: bool = False,
 ) -> EnvoyProcess:
     admin_port = free_port()
-    bootstrap = envoy_bootstrap(node_id, namespace, labels or {}, "127.0.0.1", xds_port, admin_port)
+    bootstrap = envoy_bootstrap(node_id, namespace, labels or {}, "127.0.0.1", xds_port, admin_port, delta=delta)
     path = log_dir / f"envoy-{node_id}.yaml"
     path.write_text(yaml.safe_dump(bootstrap))
     envoy = shutil.which("envoy") or "envoy"

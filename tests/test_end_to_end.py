@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.support import RATELIMIT_WASM, ROUTER, Stack, burst, http_get, wait_for, wasm_plugin_yaml
+from tests.support import BOTH_PROTOCOLS, RATELIMIT_WASM, ROUTER, Stack, burst, http_get, wait_for, wasm_plugin_yaml
 
 RATELIMIT_FILTER = "extensions.istio.io/wasmplugin/default.ratelimit"
 
@@ -29,6 +29,7 @@ def statuses(stack: Stack, count: int) -> list[int]:
     return [r.status for r in burst(stack.port, count)]
 
 
+@BOTH_PROTOCOLS
 def test_tutorial_plugin_is_applied_changed_and_removed_without_restarting_envoy(stack: Stack) -> None:
     before = burst(stack.port, 5)
     assert [r.status for r in before] == [200] * 5
@@ -94,6 +95,7 @@ def test_syntax_error_keeps_the_last_good_config_and_is_reported_with_path_and_l
     assert statuses(stack, 4) == [200, 200, 200, 429]
 
 
+@BOTH_PROTOCOLS
 @pytest.mark.parametrize(("fail_strategy", "expected"), [("FAIL_CLOSE", 403), ("FAIL_OPEN", 200)])
 def test_unavailable_module_is_handled_by_its_fail_strategy(stack: Stack, fail_strategy: str, expected: int) -> None:
     stack.write(

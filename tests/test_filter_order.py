@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.support import ORDER_MARKER_WASM, ROUTER, Stack, http_get, wait_for, wasm_plugin_yaml
+from tests.support import BOTH_PROTOCOLS, ORDER_MARKER_WASM, ROUTER, Stack, http_get, wait_for, wasm_plugin_yaml
 
 # (file name, plugin name, phase, priority): files are named so that their order is not the filter order.
 PLUGINS = [
@@ -16,6 +16,7 @@ PLUGINS = [
 EXPECTED = ["authn", "authz-ten", "authz-negative", "authz-unset", "stats-high", "last"]
 
 
+@BOTH_PROTOCOLS
 def test_filters_are_ordered_by_phase_and_priority_in_envoy_and_run_in_that_order(stack: Stack) -> None:
     for file_name, name, phase, priority in PLUGINS:
         stack.write(

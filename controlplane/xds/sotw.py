@@ -1,0 +1,100 @@
+"""State of the world: every response carries all the subscribed resources of its type."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Iterator
+from typing import Generic, TypeVar
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.xds.connection import Connection, TypeState
+from controlplane.xds.snapshot import CLUSTER, PUSH_ORDER, WILDCARD_TYPES, Resources, Snapshot
+
+log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
+
+
+class SotwProtocol(Generic[K]):
+    def __init__(self, connection: Connection[K], snapshot: Callable[[], Snapshot | None], nonces: Iterator[int]) -> None:
+        self._connection = connection
+        self._snapshot = snapshot
+        self._nonces = nonces
+        self._sent: dict[str, Resources] = {}
+
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+        state = self._connection.types.setdefault(request.type_url, TypeState())
+        if request.response_nonce and request.response_nonce != state.nonce:
+            return []  # answers a response that a newer one has replaced: the protocol says ignore it
+        if request.response_nonce:
+            error = request.error_detail.message if request.HasField("error_detail") else None
+            if self._connection.record_reply(request.type_url, request.version_info, error):
+                log.warning("proxy %s rejected %s version %s: %s", self._connection.node_id,
+                            _short(request.type_url), state.sent_version, error)
+        names = frozenset(request.resource_names)
+        wildcard = request.type_url in WILDCARD_TYPES and (not names or "*" in names)
+        subscription = None if wildcard else names
+        changed_subscription = subscription != state.names
+        state.names = subscription
+        if request.response_nonce and not changed_subscription:
+            return []
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return []
+        resources = self._subscribed(state, request.type_url, snapshot)
+        if not request.response_nonce and request.version_info and request.version_info == resources.version:
+            # A proxy back from a reconnect (to this server or a replica) that already holds exactly this:
+            # answering would only make it re-apply its config.
+            self._sent[request.type_url] = resources
+            state.sent_version = state.acked_version = resources.version
+            return []
+        return self._send(state, request.type_url, resources)
+
+    def on_change(self) -> list[discovery_pb2.DiscoveryResponse]:
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return []
+        responses: list[discovery_pb2.DiscoveryResponse] = []
+        types = self._connection.types
+        clusters_before = self._sent.get(CLUSTER)
+        clusters_after = snapshot.resources(CLUSTER)
+        removed_clusters = [r for n, r in clusters_before.items.items() if n not in clusters_after.items] if (
+            clusters_before is not None) else []
+        for type_url in [*PUSH_ORDER, *sorted(set(types) - set(PUSH_ORDER))]:
+            state = types.get(type_url)
+            if state is None:
+                continue
+            resources = self._subscribed(state, type_url, snapshot)
+            if type_url == CLUSTER and removed_clusters:
+                # Make before break: keep the clusters the current listeners may use until they change.
+                resources = Resources.of([*resources.items.values(), *removed_clusters])
+            if self._sent.get(type_url, Resources.of(())).version != resources.version or type_url not in self._sent:
+                responses += self._send(state, type_url, resources)
+        if removed_clusters:
+            responses += self._send(types[CLUSTER], CLUSTER, clusters_after)
+        return responses
+
+    def _subscribed(self, state: TypeState, type_url: str, snapshot: Snapshot) -> Resources:
+        resources = snapshot.resources(type_url)
+        return resources if state.names is None else resources.subset(state.names)
+
+    def _send(self, state: TypeState, type_url: str, resources: Resources) -> list[discovery_pb2.DiscoveryResponse]:
+        if state.names is not None and not resources.items:
+            # Envoy takes an empty answer to a named subscription as a config with no resource and rejects
+            # it; a name that does not exist yet is answered when it appears.
+            return []
+        state.nonce = str(next(self._nonces))
+        state.sent_version = resources.version
+        self._sent[type_url] = resources
+        return [
+            discovery_pb2.DiscoveryResponse(
+                version_info=resources.version,
+                resources=[r.body for r in resources.items.values()],
+                type_url=type_url,
+                nonce=state.nonce,
+            )
+        ]
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
