@@ -209,18 +209,22 @@ def start_envoy(
     labels: dict[str, str] | None = None,
     delta: bool = False,
 ) -> EnvoyProcess:
-    admin_port = free_port()
-    bootstrap = envoy_bootstrap(node_id, namespace, labels or {}, "127.0.0.1", xds_port, admin_port, delta=delta)
-    path = log_dir / f"envoy-{node_id}.yaml"
+    bootstrap = envoy_bootstrap(node_id, namespace, labels or {}, "127.0.0.1", xds_port, free_port(), delta=delta)
+    return run_envoy(processes, log_dir, node_id, bootstrap)
+
+
+def run_envoy(processes: list[Process], log_dir: Path, name: str, bootstrap: dict[str, Any]) -> EnvoyProcess:
+    admin_port = bootstrap["admin"]["address"]["socket_address"]["port_value"]
+    path = log_dir / f"envoy-{name}.yaml"
     path.write_text(yaml.safe_dump(bootstrap))
     envoy = shutil.which("envoy") or "envoy"
     process = Process(
-        f"envoy-{node_id}",
+        f"envoy-{name}",
         [envoy, "-c", str(path), "--concurrency", "2", "--use-dynamic-base-id", "--log-level", "info"],
         log_dir,
     )
     processes.append(process)
-    wait_for(lambda: http_get(admin_port, "/ready").status == 200, what=f"envoy {node_id} ready")
+    wait_for(lambda: http_get(admin_port, "/ready").status == 200, what=f"envoy {name} ready")
     return EnvoyProcess(process, admin_port)
 
 

@@ -282,8 +282,9 @@ def test_match_modes_and_ports_on_sidecar_ingress() -> None:
         "inbound|8080": [*ecds("default.both-8080", "default.everywhere"), ROUTER],
         "inbound|9090": [*ecds("default.everywhere", "default.server-9090"), ROUTER],
     }
+    # Configs go out for every selected plugin, for proxies whose own listeners name them.
     assert sorted(c.name for c in resources.extension_configs) == ecds(
-        "default.both-8080", "default.everywhere", "default.server-9090"
+        "default.both-8080", "default.client-only", "default.everywhere", "default.server-9090"
     )
 
 
@@ -375,10 +376,10 @@ def test_the_route_sends_traffic_to_the_port_cluster() -> None:
     assert http_filter_names(listener) == [ROUTER]
 
 
-def test_no_sidecar_means_no_listener_and_no_extension_config() -> None:
+def test_no_sidecar_means_no_listener_but_the_plugin_config_for_own_listeners() -> None:
     resources = render([plugin("p")], sidecars=[])
     assert resources.listeners == ()
-    assert resources.extension_configs == ()
+    assert [c.name for c in resources.extension_configs] == ecds("default.p")
     assert [c.name for c in resources.clusters] == ["wasm-modules"]
 
 

@@ -88,14 +88,15 @@ def translate(
 ) -> ProxyResources:
     sidecar = select_sidecar(config, proxy, settings.root_namespace)
     ports = sidecar.ingress if sidecar else ()
+    # Every selected plugin gets its config, used by a listener here or not: a proxy with listeners of
+    # its own names the plugins it wants, and a proxy only subscribes to the names it uses.
     plugins = select_plugins(config, proxy, settings.root_namespace)
-    used = [p for p in plugins if any(plugin_applies_to_port(p, port) for port in ports)]
     clusters = [_endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
     clusters += [_upstream_cluster(port) for port in ports]
     listeners = [_listener(port, [p for p in plugins if plugin_applies_to_port(p, port)]) for port in ports]
     extension_configs = [
         config_
-        for config_ in (_extension_config(p, modules.get(p.module), settings) for p in used)
+        for config_ in (_extension_config(p, modules.get(p.module), settings) for p in plugins)
         if config_ is not None
     ]
     return ProxyResources(tuple(clusters), tuple(listeners), tuple(extension_configs))
