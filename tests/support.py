@@ -135,10 +135,13 @@ class ControlPlaneProcess:
         return http_get(self.http_port, f"/debug/{view}").json()
 
 
-def start_control_plane(processes: list[Process], config_dir: Path, log_dir: Path, *extra: str) -> ControlPlaneProcess:
-    xds_port, http_port = free_port(), free_port()
+def start_control_plane(
+    processes: list[Process], config_dir: Path, log_dir: Path, *extra: str, ports: tuple[int, int] | None = None
+) -> ControlPlaneProcess:
+    """`ports` (xDS, HTTP) start it where an earlier one ran, as a restart does."""
+    xds_port, http_port = ports or (free_port(), free_port())
     process = Process(
-        "controlplane",
+        f"controlplane-{len(processes)}",
         [
             sys.executable,
             "-m",
