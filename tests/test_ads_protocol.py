@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -33,15 +34,16 @@ QUIET_SECONDS = 0.7
 
 
 class Client:
-    def __init__(self, port: int, node_id: str, labels: dict[str, str]) -> None:
+    def __init__(self, port: int, node_id: str, labels: dict[str, str], delta: bool = False) -> None:
         self.node = base_pb2.Node(id=node_id)
         self.node.metadata.update({"NAMESPACE": "default", "LABELS": labels})
         self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self._outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
-        self._call = stub.StreamAggregatedResources(self._requests())
+        rpc = stub.DeltaAggregatedResources if delta else stub.StreamAggregatedResources
+        self._call = rpc(self._requests())
         # Responses are read by a task of their own: a timed-out read would cancel the whole stream.
-        self._inbox: asyncio.Queue[discovery_pb2.DiscoveryResponse | BaseException] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -51,7 +53,7 @@ class Client:
         except grpc.aio.AioRpcError as exc:
             self._inbox.put_nowait(exc)
 
-    async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+    async def _requests(self) -> AsyncIterator[Any]:
         while (request := await self._outbox.get()) is not None:
             yield request
 
@@ -65,10 +67,31 @@ class Client:
             request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         self._outbox.put_nowait(request)
 
+    def send_delta(
+        self,
+        type_url: str,
+        subscribe: list[str] | None = None,
+        unsubscribe: list[str] | None = None,
+        initial: dict[str, str] | None = None,
+        nonce: str = "",
+        error: str = "",
+    ) -> None:
+        request = discovery_pb2.DeltaDiscoveryRequest(
+            node=self.node,
+            type_url=type_url,
+            resource_names_subscribe=subscribe or [],
+            resource_names_unsubscribe=unsubscribe or [],
+            initial_resource_versions=initial or {},
+            response_nonce=nonce,
+        )
+        if error:
+            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        self._outbox.put_nowait(request)
+
     def ack(self, response: discovery_pb2.DiscoveryResponse, names: list[str] | None = None) -> None:
         self.send(response.type_url, names, response.version_info, response.nonce)
 
-    async def receive(self, timeout: float = 10) -> discovery_pb2.DiscoveryResponse:
+    async def receive(self, timeout: float = 10) -> Any:
         item = await asyncio.wait_for(self._inbox.get(), timeout)
         if isinstance(item, BaseException):
             raise item
@@ -99,9 +122,11 @@ def control_plane(tmp_path: Path, processes: list[Process]) -> ControlPlaneProce
     return start_control_plane(processes, config_dir, tmp_path)
 
 
-def run(control_plane: ControlPlaneProcess, script: Callable[..., Awaitable[None]], *labels: str) -> None:
+def run(
+    control_plane: ControlPlaneProcess, script: Callable[..., Awaitable[None]], *labels: str, delta: bool = False
+) -> None:
     async def main() -> None:
-        clients = [Client(control_plane.xds_port, f"proxy-{app}", {"app": app}) for app in labels]
+        clients = [Client(control_plane.xds_port, f"proxy-{app}", {"app": app}, delta) for app in labels]
         try:
             await script(*clients)
         finally:
@@ -201,6 +226,112 @@ def test_a_node_with_malformed_metadata_is_refused(control_plane: ControlPlanePr
     assert http_get(control_plane.http_port, "/healthz").status == 200
 
 
+def test_sotw_new_names_are_answered_and_a_rejected_config_does_not_stop_the_next_change(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    plugin(tmp_path / "config", "a", 5)
+    first, second = "extensions.istio.io/wasmplugin/default.limit-a", "extensions.istio.io/wasmplugin/default.limit-b"
+    write_atomically(
+        tmp_path / "config" / "plugin-b.yaml",
+        wasm_plugin_yaml(
+            "limit-b",
+            f"file://{RATELIMIT_WASM}",
+            plugin_name="ratelimit",
+            config={"requests_per_second": 1},
+        ),
+    )
+
+    async def script(client: Client) -> None:
+        client.send(EXTENSION_CONFIG, names=[first])
+        response = await client.receive()
+        assert _names(response) == [first]
+        client.send(EXTENSION_CONFIG, names=[first], version="", nonce=response.nonce, error="bad filter")
+        assert await client.nothing_arrives()
+        client.send(EXTENSION_CONFIG, names=[first, second], version="", nonce=response.nonce)
+        both = await client.receive()
+        assert _names(both) == [first, second]
+        client.ack(both, names=[first, second])
+        plugin(tmp_path / "config", "a", 7)
+        changed = await client.receive()
+        assert _names(changed) == [first, second] and changed.version_info != both.version_info
+        assert control_plane.status("proxies")[0]["types"][EXTENSION_CONFIG]["error"] == ""
+
+    run(control_plane, script, "a")
+
+
+def test_sotw_reconnect_holding_the_current_version_is_sent_nothing(control_plane: ControlPlaneProcess) -> None:
+    async def script(first: Client, again: Client) -> None:
+        first.send(LISTENER)
+        listeners = await first.receive()
+        again.send(LISTENER, version=listeners.version_info)
+        assert await again.nothing_arrives()
+        again.send(CLUSTER, version="an older version")
+        assert (await again.receive()).type_url == CLUSTER
+
+    run(control_plane, script, "a", "a")
+
+
+def test_delta_sends_changes_only_and_removes_after_the_listener(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    async def script(client: Client) -> None:
+        client.send_delta(CLUSTER)
+        clusters = await client.receive()
+        client.send_delta(CLUSTER, nonce=clusters.nonce)
+        client.send_delta(LISTENER)
+        listeners = await client.receive()
+        client.send_delta(LISTENER, nonce=listeners.nonce)
+        assert _names(listeners) == [n for n in _names(listeners) if n.startswith("inbound|")] != []
+        assert await client.nothing_arrives()
+
+        (tmp_path / "config" / "sidecars.yaml").write_text(
+            sidecar_yaml("a", free_port(), free_port(), {"app": "other"})
+        )
+        listener_removal = await client.receive()
+        cluster_removal = await client.receive()
+        assert listener_removal.type_url == LISTENER and list(listener_removal.removed_resources) == _names(listeners)
+        assert cluster_removal.type_url == CLUSTER and cluster_removal.resources == []
+        assert [n for n in cluster_removal.removed_resources] == [n for n in _names(clusters) if n != "wasm-modules"]
+
+    run(control_plane, script, "a", delta=True)
+
+
+def test_delta_reconnect_with_initial_versions_gets_only_what_differs(control_plane: ControlPlaneProcess) -> None:
+    async def script(first: Client, again: Client) -> None:
+        first.send_delta(CLUSTER)
+        clusters = await first.receive()
+        versions = {r.name: r.version for r in clusters.resources}
+        again.send_delta(CLUSTER, initial=versions)
+        assert await again.nothing_arrives()
+        stale = dict(versions, **{"wasm-modules": "old"}, **{"inbound|9||": "gone"})
+        third = Client(control_plane.xds_port, "proxy-a", {"app": "a"}, delta=True)
+        try:
+            third.send_delta(CLUSTER, initial=stale)
+            update = await third.receive()
+            assert _names(update) == ["wasm-modules"]
+            assert list(update.removed_resources) == ["inbound|9||"]
+        finally:
+            await third.close()
+
+    run(control_plane, script, "a", "a", delta=True)
+
+
+def test_delta_subscription_changes_count_even_with_a_stale_nonce(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    plugin(tmp_path / "config", "a", 5)
+    name = "extensions.istio.io/wasmplugin/default.limit-a"
+
+    async def script(client: Client) -> None:
+        client.send_delta(EXTENSION_CONFIG, subscribe=["extensions.istio.io/wasmplugin/default.missing"])
+        assert await client.nothing_arrives()
+        client.send_delta(EXTENSION_CONFIG, subscribe=[name], nonce="stale")
+        response = await client.receive()
+        assert _names(response) == [name]
+
+    run(control_plane, script, "a", delta=True)
+
+
 _MESSAGES = {
     CLUSTER: cluster_pb2.Cluster,
     LISTENER: listener_pb2.Listener,
@@ -208,9 +339,10 @@ _MESSAGES = {
 }
 
 
-def _names(response: discovery_pb2.DiscoveryResponse) -> list[str]:
+def _names(response: Any) -> list[str]:
     names = []
-    for resource in response.resources:
+    for item in response.resources:
+        resource = item.resource if isinstance(response, discovery_pb2.DeltaDiscoveryResponse) else item
         message = _MESSAGES[response.type_url]()
         assert resource.Unpack(message)
         names.append(message.name)
