@@ -39,6 +39,7 @@ class ServeSettings:
     fetch: FetchSettings = FetchSettings()
     debounce_seconds: float = 0.05
     resync_seconds: float = 30.0
+    startup_fetch_seconds: float = 30.0
 
 
 @dataclass
@@ -80,7 +81,12 @@ class ControlPlane:
         self.reload()
         # Proxies get nothing until the directory is loaded and its modules settled, so that none is
         # ever sent a partial config.
-        await self.modules.settled()
+        try:
+            await asyncio.wait_for(self.modules.settled(), self.settings.startup_fetch_seconds)
+        except TimeoutError:
+            # Past this, a module still on its way only holds back the listeners that use it: Envoy warms
+            # them until its config arrives.
+            log.warning("modules still being fetched after %.0fs; serving", self.settings.startup_fetch_seconds)
         self.ready.set()
         self._tasks.append(asyncio.create_task(self._reload_loop()))
         log.info(

@@ -4,6 +4,9 @@ to a real control plane process."""
 from __future__ import annotations
 
 import asyncio
+import http.server
+import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from tests.support import (
     http_get,
     sidecar_yaml,
     start_control_plane,
+    wait_for,
     wasm_plugin_yaml,
     write_atomically,
 )
@@ -347,3 +351,79 @@ def _names(response: Any) -> list[str]:
         assert resource.Unpack(message)
         names.append(message.name)
     return names
+
+
+def test_no_proxy_is_answered_before_the_directory_and_its_modules_are_loaded(
+    tmp_path: Path, processes: list[Process]
+) -> None:
+    delay = threading.Event()
+
+    class SlowModule(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            delay.wait(10)
+            body = RATELIMIT_WASM.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    module_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowModule)
+    threading.Thread(target=module_server.serve_forever, daemon=True).start()
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "sidecar.yaml").write_text(sidecar_yaml("a", free_port(), free_port(), {"app": "a"}))
+    (config_dir / "plugin.yaml").write_text(
+        wasm_plugin_yaml(
+            "slow",
+            f"http://127.0.0.1:{module_server.server_address[1]}/plugin.wasm",
+            selector={"app": "a"},
+            plugin_name="ratelimit",
+            config={"requests_per_second": 1},
+        )
+    )
+    xds_port, http_port = free_port(), free_port()
+    processes.append(
+        Process(
+            "controlplane",
+            [
+                sys.executable,
+                "-m",
+                "controlplane",
+                "serve",
+                "--config-dir",
+                str(config_dir),
+                "--xds-port",
+                str(xds_port),
+                "--http-port",
+                str(http_port),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ],
+            tmp_path,
+        )
+    )
+    wait_for(lambda: http_get(http_port, "/healthz").status == 200, what="the control plane to listen")
+
+    async def script() -> None:
+        client = Client(xds_port, "proxy-a", {"app": "a"})
+        try:
+            client.send(EXTENSION_CONFIG, names=["extensions.istio.io/wasmplugin/default.slow"])
+            assert await client.nothing_arrives()
+            assert http_get(http_port, "/ready").status == 503
+            delay.set()
+            response = await client.receive()
+            assert _names(response) == ["extensions.istio.io/wasmplugin/default.slow"]
+            config = extension_pb2.TypedExtensionConfig()
+            response.resources[0].Unpack(config)
+            assert config.typed_config.type_url.endswith("filters.http.wasm.v3.Wasm")
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(script())
+    finally:
+        delay.set()
+        module_server.shutdown()
