@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,7 @@ class ControlPlane:
             self.store,
             loop,
             self.ready.is_set,
-            {"/debug/config": self.config_status, "/debug/proxies": self.proxy_status},
+            {"/debug/config": self.config_status, "/debug/proxies": self.proxy_status, "/metrics": self.metrics},
         )
         self.http_port = self._http.port
         self._http.start()
@@ -173,6 +174,44 @@ class ControlPlane:
             },
         }
 
+    def metrics(self) -> str:
+        """Prometheus text exposition."""
+        statuses = self.modules.statuses
+        module_states = {"ready": 0, "failed": 0, "fetching": 0}
+        for plugin in self.loaded.config.plugins:
+            status = statuses.get(plugin.module)
+            module_states["ready" if isinstance(status, ModuleReady) else "failed" if status else "fetching"] += 1
+        rejecting = Counter(t for c in self.xds.connections.values() for t, s in c.types.items() if s.error)
+        lines = [
+            *_metric_lines("controlplane_ready", "1 once the directory is loaded.", {"": float(self.ready.is_set())}),
+            *_metric_lines(
+                "controlplane_config_errors", "Errors in the config directory.", {"": len(self.loaded.errors)}
+            ),
+            *_metric_lines(
+                "controlplane_plugins",
+                "WasmPlugins served, by the state of their module.",
+                dict(module_states),
+                "module",
+            ),
+            *_metric_lines("controlplane_proxies_connected", "Proxy streams open.", {"": len(self.xds.connections)}),
+            *_metric_lines(
+                "controlplane_xds_responses_total",
+                "Responses sent, by type.",
+                dict(self.xds.responses_sent),
+                "type_url",
+            ),
+            *_metric_lines(
+                "controlplane_xds_rejections_total", "NACKs received, by type.", dict(self.xds.rejections), "type_url"
+            ),
+            *_metric_lines(
+                "controlplane_proxies_rejecting",
+                "Proxies whose last answer was a NACK, by type.",
+                dict(rejecting),
+                "type_url",
+            ),
+        ]
+        return "\n".join(lines) + "\n"
+
     def proxy_status(self) -> list[dict[str, Any]]:
         return [
             {
@@ -191,6 +230,14 @@ class ControlPlane:
             }
             for c in self.xds.connections.values()
         ]
+
+
+def _metric_lines(name: str, help_text: str, samples: dict[str, float], label: str = "") -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {'counter' if name.endswith('_total') else 'gauge'}"]
+    for key, value in sorted(samples.items()):
+        labels = f'{{{label}="{key}"}}' if label else ""
+        lines.append(f"{name}{labels} {value:g}")
+    return lines
 
 
 def _host(host: str) -> str:

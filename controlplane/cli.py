@@ -166,7 +166,12 @@ async def _resolve_modules(keys: list) -> dict:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     host, port = args.xds_address
-    print(to_yaml(envoy_bootstrap(args.node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)), end="")
+    print(
+        to_yaml(
+            envoy_bootstrap(args.node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)
+        ),
+        end="",
+    )
     return 0
 
 

@@ -80,8 +80,11 @@ class HttpServer:
         elif path in self._views:
             view = self._views[path]
             result = asyncio.run_coroutine_threadsafe(_call(view), self._loop).result(timeout=10)
-            body = json.dumps(result, indent=2, sort_keys=True).encode() + b"\n"
-            _send(request, HTTPStatus.OK, body, "application/json")
+            if isinstance(result, str):
+                _send(request, HTTPStatus.OK, result.encode(), "text/plain; version=0.0.4")
+            else:
+                body = json.dumps(result, indent=2, sort_keys=True).encode() + b"\n"
+                _send(request, HTTPStatus.OK, body, "application/json")
         else:
             _send(request, HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 

@@ -24,7 +24,9 @@ WILDCARD = "*"
 
 
 class DeltaProtocol(Generic[K]):
-    def __init__(self, connection: Connection[K], snapshot: Callable[[], Snapshot | None], nonces: Iterator[int]) -> None:
+    def __init__(
+        self, connection: Connection[K], snapshot: Callable[[], Snapshot | None], nonces: Iterator[int]
+    ) -> None:
         self._connection = connection
         self._snapshot = snapshot
         self._nonces = nonces
@@ -36,8 +38,13 @@ class DeltaProtocol(Generic[K]):
         if request.response_nonce and request.response_nonce == state.nonce:
             error = request.error_detail.message if request.HasField("error_detail") else None
             if self._connection.record_reply(type_url, state.sent_version, error):
-                log.warning("proxy %s rejected %s version %s: %s", self._connection.node_id,
-                            type_url.rsplit(".", 1)[-1], state.sent_version, error)
+                log.warning(
+                    "proxy %s rejected %s version %s: %s",
+                    self._connection.node_id,
+                    type_url.rsplit(".", 1)[-1],
+                    state.sent_version,
+                    error,
+                )
         # Unlike acknowledgements, subscription changes count even on a request with a stale nonce.
         names = set(state.names or ())
         wildcard = state.names is None
@@ -74,9 +81,7 @@ class DeltaProtocol(Generic[K]):
             return []
         available = snapshot.resources(type_url)
         wanted = (
-            available.items
-            if state.names is None
-            else {n: r for n, r in available.items.items() if n in state.names}
+            available.items if state.names is None else {n: r for n, r in available.items.items() if n in state.names}
         )
         changed = [r for n, r in wanted.items() if state.known.get(n) != r.version]
         removed = sorted(n for n in state.known if n not in wanted) if include_removals else []

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -41,6 +42,9 @@ class DiscoveryServer(Generic[K]):
         self._ready = ready
         self._nonces = itertools.count(1)
         self.connections: dict[int, Connection[K]] = {}
+        self.responses_sent: Counter[str] = Counter()
+        """By type URL, for metrics."""
+        self.rejections: Counter[str] = Counter()
 
     def register(self, server: grpc.aio.Server) -> None:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Aggregated(self), server)
@@ -95,8 +99,11 @@ class DiscoveryServer(Generic[K]):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"this service serves only {only_type}")
                     return
                 else:
+                    if item.HasField("error_detail"):  # type: ignore[attr-defined]
+                        self.rejections[item.type_url] += 1  # type: ignore[attr-defined]
                     responses = handler.on_request(item)
                 for response in responses:
+                    self.responses_sent[response.type_url] += 1
                     yield response
                 item = await inbox.get()
         finally:

@@ -16,7 +16,9 @@ K = TypeVar("K", bound=Hashable)
 
 
 class SotwProtocol(Generic[K]):
-    def __init__(self, connection: Connection[K], snapshot: Callable[[], Snapshot | None], nonces: Iterator[int]) -> None:
+    def __init__(
+        self, connection: Connection[K], snapshot: Callable[[], Snapshot | None], nonces: Iterator[int]
+    ) -> None:
         self._connection = connection
         self._snapshot = snapshot
         self._nonces = nonces
@@ -29,8 +31,13 @@ class SotwProtocol(Generic[K]):
         if request.response_nonce:
             error = request.error_detail.message if request.HasField("error_detail") else None
             if self._connection.record_reply(request.type_url, request.version_info, error):
-                log.warning("proxy %s rejected %s version %s: %s", self._connection.node_id,
-                            _short(request.type_url), state.sent_version, error)
+                log.warning(
+                    "proxy %s rejected %s version %s: %s",
+                    self._connection.node_id,
+                    _short(request.type_url),
+                    state.sent_version,
+                    error,
+                )
         names = frozenset(request.resource_names)
         wildcard = request.type_url in WILDCARD_TYPES and (not names or "*" in names)
         subscription = None if wildcard else names
@@ -58,8 +65,11 @@ class SotwProtocol(Generic[K]):
         types = self._connection.types
         clusters_before = self._sent.get(CLUSTER)
         clusters_after = snapshot.resources(CLUSTER)
-        removed_clusters = [r for n, r in clusters_before.items.items() if n not in clusters_after.items] if (
-            clusters_before is not None) else []
+        removed_clusters = (
+            [r for n, r in clusters_before.items.items() if n not in clusters_after.items]
+            if (clusters_before is not None)
+            else []
+        )
         for type_url in [*PUSH_ORDER, *sorted(set(types) - set(PUSH_ORDER))]:
             state = types.get(type_url)
             if state is None:
