@@ -37,7 +37,7 @@ def format_field_path(field_path: FieldPath) -> str:
     return text or "<document>"
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """SafeLoader that reports duplicate keys, which plain PyYAML silently lets the last one win."""
 
 
