@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds.connection import Connection, TypeState
-from controlplane.xds.snapshot import CLUSTER, PUSH_ORDER, WILDCARD_TYPES, Resources, Snapshot
+from controlplane.xds.snapshot import CLUSTER, EMPTY, PUSH_ORDER, WILDCARD_TYPES, Resources, Snapshot
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
@@ -63,13 +63,9 @@ class SotwProtocol(Generic[K]):
             return []
         responses: list[discovery_pb2.DiscoveryResponse] = []
         types = self._connection.types
-        clusters_before = self._sent.get(CLUSTER)
+        clusters_before = self._sent.get(CLUSTER, EMPTY)
         clusters_after = snapshot.resources(CLUSTER)
-        removed_clusters = (
-            [r for n, r in clusters_before.items.items() if n not in clusters_after.items]
-            if (clusters_before is not None)
-            else []
-        )
+        removed_clusters = [r for n, r in clusters_before.items.items() if n not in clusters_after.items]
         for type_url in [*PUSH_ORDER, *sorted(set(types) - set(PUSH_ORDER))]:
             state = types.get(type_url)
             if state is None:
@@ -78,7 +74,8 @@ class SotwProtocol(Generic[K]):
             if type_url == CLUSTER and removed_clusters:
                 # Make before break: keep the clusters the current listeners may use until they change.
                 resources = Resources.of([*resources.items.values(), *removed_clusters])
-            if self._sent.get(type_url, Resources.of(())).version != resources.version or type_url not in self._sent:
+            previous = self._sent.get(type_url)
+            if previous is None or previous.version != resources.version:
                 responses += self._send(state, type_url, resources)
         if removed_clusters:
             responses += self._send(types[CLUSTER], CLUSTER, clusters_after)
