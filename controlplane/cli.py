@@ -44,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     serve_cmd.add_argument("--xds-port", type=int, default=18000)
     serve_cmd.add_argument("--http-port", type=int, default=18001, help="modules, health and status")
-    serve_cmd.add_argument("--advertise-address", help="host the proxies use to reach --http-port (default: --host)")
+    serve_cmd.add_argument(
+        "--advertise-address",
+        help="HOST[:PORT] where the proxies reach --http-port (default: --host); a PORT for a load balancer "
+        "in front of replicas",
+    )
     serve_cmd.add_argument("--root-namespace", default="istio-system")
     serve_cmd.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     serve_cmd.add_argument(
@@ -105,6 +109,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 def _serve(args: argparse.Namespace) -> int:
     cache_dir = os.path.abspath(args.cache_dir)
+    advertised = _advertised(args.advertise_address or args.host, args.http_port)
     settings = ServeSettings(
         config_dirs=tuple(args.config_dir),
         cache_dir=cache_dir,
@@ -113,8 +118,8 @@ def _serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         translate=TranslateSettings(
             root_namespace=args.root_namespace,
-            module_host=args.advertise_address or args.host,
-            module_port=args.http_port,
+            module_host=advertised[0],
+            module_port=advertised[1],
             module_delivery=args.module_delivery,
             local_module_dir=args.local_module_dir or cache_dir,
         ),
@@ -126,6 +131,14 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     asyncio.run(serve(settings))
     return 0
+
+
+def _advertised(address: str, default_port: int) -> tuple[str, int]:
+    """HOST, HOST:PORT, [IPV6] or [IPV6]:PORT; a bare IPv6 address has no port."""
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit() and (host.endswith("]") or ":" not in host):
+        return host.strip("[]"), int(port)
+    return address.strip("[]"), default_port
 
 
 def _validate(args: argparse.Namespace) -> int:

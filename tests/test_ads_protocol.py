@@ -427,3 +427,37 @@ def test_no_proxy_is_answered_before_the_directory_and_its_modules_are_loaded(
     finally:
         delay.set()
         module_server.shutdown()
+
+
+def test_two_replicas_on_one_directory_send_the_same_versions(
+    control_plane: ControlPlaneProcess, tmp_path: Path, processes: list[Process]
+) -> None:
+    plugin(tmp_path / "config", "a", 5)
+    (tmp_path / "replica").mkdir()
+    # As replicas behind one load balancer: they advertise the same module address.
+    replica = start_control_plane(
+        processes,
+        tmp_path / "config",
+        tmp_path / "replica",
+        "--advertise-address",
+        f"127.0.0.1:{control_plane.http_port}",
+    )
+    name = "extensions.istio.io/wasmplugin/default.limit-a"
+
+    async def versions(port: int) -> dict[str, str]:
+        client = Client(port, "proxy-a", {"app": "a"})
+        try:
+            result = {}
+            for type_url, names in ((CLUSTER, None), (LISTENER, None), (EXTENSION_CONFIG, [name])):
+                client.send(type_url, names)
+                result[type_url] = (await client.receive()).version_info
+            return result
+        finally:
+            await client.close()
+
+    async def script() -> None:
+        first, second = await versions(control_plane.xds_port), await versions(replica.xds_port)
+        assert first == second
+        assert len(set(first.values())) == 3
+
+    asyncio.run(script())
