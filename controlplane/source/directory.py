@@ -75,8 +75,12 @@ def read_file(path: str, previous: FileState | None) -> FileState:
     except UnicodeDecodeError as exc:
         line = content[: exc.start].count(b"\n") + 1
         return FileState(path, digest, (), (ConfigError(path, line, "<file>", "not UTF-8 text"),))
-    yaml_documents, errors = parse_yaml(path, text)
-    results = tuple(r for r in (read_document(d) for d in yaml_documents) if r is not None)
+    try:
+        yaml_documents, errors = parse_yaml(path, text)
+        results = tuple(r for r in (read_document(d) for d in yaml_documents) if r is not None)
+    except Exception as exc:  # a bug must cost this file only, never the reload of every other file
+        log.exception("%s: failed to read", path)
+        return FileState(path, digest, (), (ConfigError(path, 1, "<file>", f"internal error: {exc!r}"),))
     return FileState(path, digest, results, tuple(errors))
 
 
