@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +14,7 @@ import yaml
 from controlplane.errors import ConfigError
 
 FieldPath = tuple[str | int, ...]
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_./-]+$")
 
 MAX_DEPTH = 64
 """Deeper than any real config, shallow enough that no recursive step after parsing can overflow the stack."""
@@ -39,7 +42,13 @@ class YamlDocument:
 def format_field_path(field_path: FieldPath) -> str:
     text = ""
     for part in field_path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not _PLAIN_KEY.match(part):
+            # Quoted, so that an odd key (a newline, ": ") cannot break the one-line `path:line: field: reason`.
+            text += f"[{json.dumps(part)}]"
+        else:
+            text += f".{part}" if text else part
     return text or "<document>"
 
 
