@@ -20,7 +20,9 @@ from controlplane.modules.resolver import ModuleResolver
 from controlplane.modules.store import ModuleStore
 from controlplane.node import proxy_class
 from controlplane.source.directory import LoadedDirectory, load_directory
-from controlplane.source.watcher import DirectoryWatcher
+from controlplane.source.settle import SettleSettings, git_busy, settle
+from controlplane.source.status import file_status
+from controlplane.source.watcher import WRITE_GRACE_SECONDS, DirectoryWatcher
 from controlplane.translate.resources import TranslateSettings, translate
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import DiscoveryServer
@@ -38,7 +40,7 @@ class ServeSettings:
     http_port: int = 18001
     translate: TranslateSettings = TranslateSettings()
     fetch: FetchSettings = FetchSettings()
-    debounce_seconds: float = 0.05
+    settle: SettleSettings = SettleSettings()
     resync_seconds: float = 30.0
     startup_fetch_seconds: float = 30.0
 
@@ -108,7 +110,9 @@ class ControlPlane:
             self._http.stop()
 
     def reload(self) -> None:
-        self.loaded = load_directory(list(self.settings.config_dirs), self.loaded)
+        # Watch where the roots lead now (a symlink swap or a replaced folder moves them) before reading.
+        self._watcher.refresh()
+        self.loaded = load_directory(list(self.settings.config_dirs), self.loaded, self._watcher.writes_in_progress())
         errors = set(self.loaded.errors)
         for error in sorted(errors - self._reported):
             log.error("%s", error)
@@ -131,14 +135,16 @@ class ControlPlane:
                 log.info("new config for %s", key)
 
     async def _reload_loop(self) -> None:
+        roots = list(self.settings.config_dirs)
         while True:
+            # The periodic full rescan catches whatever events were dropped; a file held back because it
+            # was open for writing is looked at again once its grace runs out.
+            timeout = WRITE_GRACE_SECONDS if self.loaded.being_written else self.settings.resync_seconds
             try:
-                await asyncio.wait_for(self._reload_wanted.wait(), timeout=self.settings.resync_seconds)
+                await asyncio.wait_for(self._reload_wanted.wait(), timeout=timeout)
             except TimeoutError:
                 pass
-            # Editors and git write several events for one change: take them as one.
-            await asyncio.sleep(self.settings.debounce_seconds)
-            self._reload_wanted.clear()
+            await settle(self._reload_wanted, self.settings.settle, lambda: git_busy(roots))
             try:
                 self.reload()
             except Exception:  # a bug in one reload must not stop the server from taking the next
@@ -148,10 +154,7 @@ class ControlPlane:
         statuses = self.modules.statuses
         return {
             "errors": [str(e) for e in self.loaded.errors],
-            "files": {
-                path: {"errors": [str(e) for e in state.errors + tuple(e for d in state.documents for e in d.errors)]}
-                for path, state in self.loaded.files.items()
-            },
+            "files": file_status(self.loaded),
             "serving": [
                 {
                     "kind": key.kind,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 from controlplane.app import ServeSettings, serve
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.demo import run_demo
+from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
 from controlplane.model import ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.fetch import FetchSettings
 from controlplane.modules.resolver import resolve_module
@@ -65,7 +68,15 @@ def _parser() -> argparse.ArgumentParser:
 
     validate_cmd = commands.add_parser("validate", help="check config directories; exit 1 when invalid")
     validate_cmd.add_argument("dirs", nargs="+")
+    validate_cmd.add_argument("--format", choices=["text", "json"], default="text")
     validate_cmd.set_defaults(run=_validate)
+
+    diff_cmd = commands.add_parser("diff", help="per proxy class, the plugins and filter orders that change")
+    diff_cmd.add_argument("old_dir")
+    diff_cmd.add_argument("new_dir")
+    diff_cmd.add_argument("--format", choices=["text", "json"], default="text")
+    diff_cmd.add_argument("--root-namespace", default="istio-system")
+    diff_cmd.set_defaults(run=_diff)
 
     render_cmd = commands.add_parser("render", help="print the resources one proxy would get")
     render_cmd.add_argument("dir")
@@ -147,6 +158,9 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"controlplane: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return 2
     loaded = load_directory(args.dirs)
+    if args.format == "json":
+        print(json.dumps([dataclasses.asdict(e) for e in loaded.errors], indent=2))
+        return 1 if loaded.errors else 0
     for error in loaded.errors:
         print(error, file=sys.stderr)
     plugins, sidecars = len(loaded.config.plugins), len(loaded.config.sidecars)
@@ -154,6 +168,26 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: {plugins} WasmPlugin(s), {sidecars} Sidecar(s) in {len(loaded.files)} file(s)")
     return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    """Exit 0: no proxy class changes; 1: some do; 2: a directory is missing (as diff(1))."""
+    missing = [d for d in (args.old_dir, args.new_dir) if not os.path.isdir(d)]
+    if missing:
+        print(f"controlplane: no such directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    old, new = load_directory([args.old_dir]), load_directory([args.new_dir])
+    for error in old.errors + new.errors:
+        print(f"warning: not served: {error}", file=sys.stderr)
+    diffs = diff_configs(
+        old.config,
+        new.config,
+        args.root_namespace,
+        compare_in_checkout(args.old_dir),
+        compare_in_checkout(args.new_dir),
+    )
+    print(json.dumps(render_json(diffs), indent=2) + "\n" if args.format == "json" else render_text(diffs), end="")
+    return 1 if diffs else 0
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from controlplane.errors import ConfigError
@@ -43,6 +43,8 @@ class LoadedDirectory:
     served: Mapping[DocumentKey, Served] = field(default_factory=dict)
     errors: tuple[ConfigError, ...] = ()
     config: Config = Config()
+    being_written: frozenset[str] = frozenset()
+    """Files that kept their previous version because a writer had them open."""
 
 
 def find_yaml_files(roots: list[str]) -> list[str]:
@@ -53,7 +55,18 @@ def find_yaml_files(roots: list[str]) -> list[str]:
         if os.path.isfile(root):
             found.add(root)
             continue
+        visited: set[tuple[int, int]] = set()
         for folder, subfolders, files in os.walk(root, followlinks=True):
+            try:
+                stat = os.stat(folder)
+            except OSError:
+                continue
+            if (stat.st_dev, stat.st_ino) in visited:
+                # A symlink back up the tree would otherwise be walked until paths get too long, and every
+                # file below it found again under another name.
+                subfolders[:] = []
+                continue
+            visited.add((stat.st_dev, stat.st_ino))
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
             found.update(os.path.join(folder, f) for f in files if f.endswith(YAML_SUFFIXES) and not f.startswith("."))
     return sorted(found)
@@ -75,15 +88,32 @@ def read_file(path: str, previous: FileState | None) -> FileState:
     except UnicodeDecodeError as exc:
         line = content[: exc.start].count(b"\n") + 1
         return FileState(path, digest, (), (ConfigError(path, line, "<file>", "not UTF-8 text"),))
-    yaml_documents, errors = parse_yaml(path, text)
-    results = tuple(r for r in (read_document(d) for d in yaml_documents) if r is not None)
+    try:
+        yaml_documents, errors = parse_yaml(path, text)
+        results = tuple(r for r in (read_document(d) for d in yaml_documents) if r is not None)
+    except Exception as exc:  # a bug must cost this file only, never the reload of every other file
+        log.exception("%s: failed to read", path)
+        return FileState(path, digest, (), (ConfigError(path, 1, "<file>", f"internal error: {exc!r}"),))
     return FileState(path, digest, results, tuple(errors))
 
 
-def load_directory(roots: list[str], previous: LoadedDirectory | None = None) -> LoadedDirectory:
+def load_directory(
+    roots: list[str], previous: LoadedDirectory | None = None, being_written: frozenset[str] = frozenset()
+) -> LoadedDirectory:
+    """`being_written`: real paths of files a writer has not closed yet. Read now they could be empty or
+    cut short and still parse, so they keep their previous version (or stay absent) until closed."""
     previous = previous or LoadedDirectory()
-    files = {path: read_file(path, previous.files.get(path)) for path in find_yaml_files(roots)}
-    return assemble(files, previous)
+    files: dict[str, FileState] = {}
+    held: set[str] = set()
+    for path in find_yaml_files(roots):
+        if being_written and os.path.realpath(path) in being_written:
+            held.add(path)
+            if path in previous.files:
+                files[path] = previous.files[path]
+            continue
+        files[path] = read_file(path, previous.files.get(path))
+    loaded = assemble(files, previous)
+    return replace(loaded, being_written=frozenset(held)) if held else loaded
 
 
 def assemble(files: Mapping[str, FileState], previous: LoadedDirectory) -> LoadedDirectory:

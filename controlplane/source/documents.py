@@ -83,7 +83,7 @@ def read_document(document: YamlDocument) -> DocumentResult | None:
         log.info("%s: skipping %s %s: not a kind this control plane acts on", source, api_version, kind)
         return None
     expected_versions = WASM_PLUGIN_API_VERSIONS if kind == "WasmPlugin" else SIDECAR_API_VERSIONS
-    if api_version not in expected_versions:
+    if not isinstance(api_version, str) or api_version not in expected_versions:
         problems.append(
             (
                 ("apiVersion",),
@@ -97,8 +97,10 @@ def read_document(document: YamlDocument) -> DocumentResult | None:
     else:
         namespace = metadata.get("namespace") or DEFAULT_NAMESPACE
         name = metadata.get("name")
-        if not isinstance(name, str) or not name:
+        if name is None or name == "":
             problems.append((("metadata", "name"), "required"))
+        elif not isinstance(name, str):
+            problems.append((("metadata", "name"), f"expected a string, got {name!r}"))
         elif len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
             problems.append((("metadata", "name"), f"{name!r} is not a valid name (lowercase DNS subdomain)"))
         if not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.match(namespace):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +14,13 @@ import yaml
 from controlplane.errors import ConfigError
 
 FieldPath = tuple[str | int, ...]
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_./-]+$")
+
+MAX_DEPTH = 64
+"""Deeper than any real config, shallow enough that no recursive step after parsing can overflow the stack."""
+MAX_NODES = 100_000
+"""Nodes of one document once aliases are expanded: stops a "billion laughs" document from hanging the loader
+(every later step walks the expanded tree)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,13 @@ class YamlDocument:
 def format_field_path(field_path: FieldPath) -> str:
     text = ""
     for part in field_path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not _PLAIN_KEY.match(part):
+            # Quoted, so that an odd key (a newline, ": ") cannot break the one-line `path:line: field: reason`.
+            text += f"[{json.dumps(part)}]"
+        else:
+            text += f".{part}" if text else part
     return text or "<document>"
 
 
@@ -45,12 +60,16 @@ def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigErr
     """Every non-empty document of `text`, or no document and the errors that make the file unusable."""
     documents: list[YamlDocument] = []
     errors: list[ConfigError] = []
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # checks the characters: a NUL byte fails here
         while loader.check_node():
             node = loader.get_node()
             if node is None:
                 continue
+            shape_problem = _shape_problem(node)
+            if shape_problem is not None:
+                return [], [ConfigError(path, node.start_mark.line + 1, "<yaml>", shape_problem)]
             lines: dict[FieldPath, int] = {}
             _record_lines(node, (), lines, path, errors)
             data = loader.construct_document(node)
@@ -62,14 +81,61 @@ def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigErr
         line = mark.line + 1 if mark else 1
         reason = " ".join(part for part in (exc.context, exc.problem) if part)
         return [], [ConfigError(path, line, "<yaml>", f"syntax error: {reason}")]
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        return [], [ConfigError(path, line, "<yaml>", f"syntax error: {str(exc).splitlines()[0]}")]
     except yaml.YAMLError as exc:
-        return [], [ConfigError(path, 1, "<yaml>", f"syntax error: {exc}")]
+        return [], [ConfigError(path, 1, "<yaml>", f"syntax error: {str(exc).splitlines()[0]}")]
+    except RecursionError:
+        # PyYAML composes recursively: a document nested a few hundred levels deep overflows it.
+        return [], [ConfigError(path, 1, "<yaml>", f"nested deeper than {MAX_DEPTH} levels")]
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if errors:
         # A duplicate key makes the file mean something other than what its author may think: take none of it.
         return [], errors
     return documents, errors
+
+
+def _shape_problem(root: yaml.Node) -> str | None:
+    """Why a document's node graph cannot be walked safely (too deep, an alias that contains itself, too
+    large once aliases are expanded), or None."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise _Unsafe(f"nested deeper than {MAX_DEPTH} levels")
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in open_nodes:
+            raise _Unsafe("an alias refers to a node that contains it")
+        open_nodes.add(id(node))
+        total = 1
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_NODES:
+                raise _Unsafe(f"more than {MAX_NODES} values once aliases are expanded")
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    try:
+        size(root, 0)
+    except _Unsafe as exc:
+        return str(exc)
+    return None
+
+
+class _Unsafe(Exception):
+    pass
 
 
 def _record_lines(
