@@ -15,8 +15,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpServer
 from controlplane.model import ModuleFailed, ModuleReady, ProxyClass
-from controlplane.modules.fetch import FetchSettings
-from controlplane.modules.resolver import ModuleResolver
+from controlplane.modules.index import ModuleIndex
+from controlplane.modules.policy import module_requests
+from controlplane.modules.resolver import ModuleResolver, ResolverSettings
 from controlplane.modules.store import ModuleStore
 from controlplane.node import proxy_class
 from controlplane.source.directory import LoadedDirectory, load_directory
@@ -37,7 +38,7 @@ class ServeSettings:
     xds_port: int = 18000
     http_port: int = 18001
     translate: TranslateSettings = TranslateSettings()
-    fetch: FetchSettings = FetchSettings()
+    modules: ResolverSettings = ResolverSettings()
     debounce_seconds: float = 0.05
     resync_seconds: float = 30.0
 
@@ -52,7 +53,9 @@ class ControlPlane:
         self.cache: SnapshotCache[ProxyClass] = SnapshotCache()
         self.cache.on_first_watch = self._build_first
         self.store = ModuleStore(self.settings.cache_dir)
-        self.modules = ModuleResolver(self.store, self.settings.fetch, self._rebuild)
+        self.modules = ModuleResolver(
+            self.store, ModuleIndex(self.settings.cache_dir), self.settings.modules, self._rebuild
+        )
         self.ads = AggregatedDiscoveryServer(self.cache, proxy_class, self.ready)
         self._reload_wanted = asyncio.Event()
         self._reported: set[ConfigError] = set()
@@ -84,6 +87,7 @@ class ControlPlane:
         await self.modules.settled()
         self.ready.set()
         self._tasks.append(asyncio.create_task(self._reload_loop()))
+        self._tasks.append(asyncio.create_task(self.modules.run()))
         log.info(
             "serving xDS on %s:%d and HTTP on %s:%d",
             self.settings.host,
@@ -107,7 +111,7 @@ class ControlPlane:
         for error in sorted(errors - self._reported):
             log.error("%s", error)
         self._reported = errors
-        self.modules.require(p.module for p in self.loaded.config.plugins)
+        self.modules.require(module_requests(self.loaded.config))
         self._rebuild()
 
     def snapshot_for(self, proxy: ProxyClass) -> Snapshot:

@@ -32,6 +32,15 @@ from controlplane.source.documents import DocumentKey
 REPO = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef" * 4
 ERROR_LINE = re.compile(r"^\S+:\d+: \S+: .+$")
+# The Secret that test_every_wasm_plugin_field_is_parsed's imagePullSecret names.
+PULL_SECRET = """\
+apiVersion: v1
+kind: Secret
+metadata: {name: pull-secret, namespace: apps}
+type: kubernetes.io/dockerconfigjson
+stringData:
+  .dockerconfigjson: '{"auths": {}}'
+"""
 
 
 def write(root: Path, name: str, text: str) -> Path:
@@ -259,6 +268,7 @@ def test_every_wasm_plugin_field_is_parsed(tmp_path: Path) -> None:
             namespace="apps",
         ),
     )
+    write(tmp_path, "pull-secret.yaml", PULL_SECRET)
     assert only_plugin(load(tmp_path)) == WasmPlugin(
         namespace="apps",
         name="filter",
