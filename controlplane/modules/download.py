@@ -67,7 +67,9 @@ def call_with_retries(call: Callable[[], T], what: str, settings: FetchSettings)
             reason = f"HTTP {exc.code}"
             retry = exc.code >= 500 and exc.code not in _PERMANENT_SERVER_ERRORS
         except (urllib.error.URLError, OSError) as exc:
-            reason, retry = network_reason(exc), True
+            # An untrusted certificate stays untrusted however often it is asked.
+            reason = network_reason(exc)
+            retry = not isinstance(getattr(exc, "reason", exc), ssl.SSLCertVerificationError)
         if not retry or attempt == settings.retries:
             raise FetchFailed(f"{what} failed: {reason}")
         log.info("%s failed (%s); retrying in %.1fs", what, reason, delay)

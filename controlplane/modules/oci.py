@@ -221,6 +221,8 @@ def _client_error(exc: urllib.error.HTTPError, what: str, registry: str) -> Exce
         return FetchFailed(f"{what}: access denied (HTTP 403)")
     if exc.code == 404:
         return FetchFailed(f"{what}: not found")
+    if exc.code == 400 and f"http://{registry}/" in exc.url:
+        return FetchFailed(f"{what}: HTTP 400 (is {registry}, given as --insecure-registry, an HTTPS registry?)")
     if 400 <= exc.code < 500:
         return FetchFailed(f"{what}: HTTP {exc.code}")
     return exc

@@ -25,10 +25,10 @@ class ModuleStore:
 
     def put(self, content: bytes) -> str:
         """Stores `content` and returns its sha256. Written to a temporary name and renamed, so a reader
-        never sees half a module."""
+        never sees half a module; a damaged copy already there is replaced."""
         sha256 = hashlib.sha256(content).hexdigest()
         target = self.path(sha256)
-        if not target.is_file():
+        if not self.intact(sha256):
             handle, temporary = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
             try:
                 with os.fdopen(handle, "wb") as out:
