@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.server
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -349,3 +351,57 @@ def test_the_index_survives_a_restart_and_a_corrupt_one_is_ignored(tmp_path: Pat
     assert ModuleIndex(tmp_path).get(ModuleKey("oci://r.io/p:1", "")) is None, "another namespace's secret"
     (tmp_path / "index.json").write_text("{not json")
     assert ModuleIndex(tmp_path).entries == {}
+
+
+def test_a_slow_download_holds_up_no_other_module_and_one_url_is_fetched_once_at_a_time(
+    registry: Registry, tmp_path: Path
+) -> None:
+    release = threading.Event()
+    active, most_active = [0], [0]
+    lock = threading.Lock()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            with lock:
+                active[0] += 1
+                most_active[0] = max(most_active[0], active[0])
+            release.wait(20)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(MODULE)))
+            self.end_headers()
+            self.wfile.write(MODULE)
+            with lock:
+                active[0] -= 1
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    registry.push("concurrent/fast", "1", MODULE)
+    slow_url = f"http://127.0.0.1:{server.server_address[1]}/slow.wasm"
+    slow_keys = [ModuleKey(slow_url, ""), ModuleKey(slow_url, MODULE_SHA256)]
+    fast_key = ModuleKey(f"oci://{registry.host}/concurrent/fast:1", "")
+
+    async def scenario() -> tuple[ModuleStatus | None, list[ModuleStatus | None], list[ModuleStatus | None]]:
+        resolver = new_resolver(tmp_path / "cache", registry)
+        resolver.require(ModuleRequest(key, False, "r") for key in [*slow_keys, fast_key])
+        for _ in range(400):  # bounded: the fast module must not wait for the slow one
+            if fast_key in resolver.statuses:
+                break
+            await asyncio.sleep(0.05)
+        while_slow = (resolver.statuses.get(fast_key), [resolver.statuses.get(k) for k in slow_keys])
+        release.set()
+        await resolver.settled()
+        return *while_slow, [resolver.statuses.get(k) for k in slow_keys]
+
+    try:
+        fast, slow_meanwhile, slow_after = asyncio.run(scenario())
+    finally:
+        release.set()
+        server.shutdown()
+    ready = ModuleReady(MODULE_SHA256, len(MODULE))
+    assert fast == ready
+    assert slow_meanwhile == [None, None]
+    assert slow_after == [ready, ready]
+    assert most_active[0] == 1, "two keys of one url were downloaded at the same time"
