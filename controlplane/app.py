@@ -15,8 +15,9 @@ import grpc
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpServer
 from controlplane.model import ModuleFailed, ModuleReady, ProxyClass
-from controlplane.modules.fetch import FetchSettings
-from controlplane.modules.resolver import ModuleResolver
+from controlplane.modules.index import ModuleIndex
+from controlplane.modules.policy import module_requests
+from controlplane.modules.resolver import ModuleResolver, ResolverSettings
 from controlplane.modules.store import ModuleStore
 from controlplane.node import proxy_class
 from controlplane.source.directory import LoadedDirectory, load_directory
@@ -39,7 +40,7 @@ class ServeSettings:
     xds_port: int = 18000
     http_port: int = 18001
     translate: TranslateSettings = TranslateSettings()
-    fetch: FetchSettings = FetchSettings()
+    modules: ResolverSettings = ResolverSettings()
     settle: SettleSettings = SettleSettings()
     resync_seconds: float = 30.0
     startup_fetch_seconds: float = 30.0
@@ -55,7 +56,9 @@ class ControlPlane:
         self.cache: SnapshotCache[ProxyClass] = SnapshotCache()
         self.cache.on_first_watch = self._build_first
         self.store = ModuleStore(self.settings.cache_dir)
-        self.modules = ModuleResolver(self.store, self.settings.fetch, self._rebuild)
+        self.modules = ModuleResolver(
+            self.store, ModuleIndex(self.settings.cache_dir), self.settings.modules, self._rebuild
+        )
         self.xds = DiscoveryServer(self.cache, proxy_class, self.ready)
         self._reload_wanted = asyncio.Event()
         self._reported: set[ConfigError] = set()
@@ -92,6 +95,7 @@ class ControlPlane:
             log.warning("modules still being fetched after %.0fs; serving", self.settings.startup_fetch_seconds)
         self.ready.set()
         self._tasks.append(asyncio.create_task(self._reload_loop()))
+        self._tasks.append(asyncio.create_task(self.modules.run()))
         log.info(
             "serving xDS on %s:%d and HTTP on %s:%d",
             self.settings.host,
@@ -117,7 +121,7 @@ class ControlPlane:
         for error in sorted(errors - self._reported):
             log.error("%s", error)
         self._reported = errors
-        self.modules.require(p.module for p in self.loaded.config.plugins)
+        self.modules.require(module_requests(self.loaded.config))
         self._rebuild()
 
     def snapshot_for(self, proxy: ProxyClass) -> Snapshot:

@@ -18,11 +18,13 @@ from controlplane.bootstrap import envoy_bootstrap
 from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
 from controlplane.model import ModuleStatus, ProxyClass, labels_from
+from controlplane.modules.credentials import docker_config_path, load_docker_config
 from controlplane.modules.fetch import FetchSettings
-from controlplane.modules.resolver import resolve_module
+from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.render import resources_as_dict, to_yaml
 from controlplane.source.directory import load_directory
+from controlplane.source.secrets import DockerConfigError
 from controlplane.translate.resources import TranslateSettings, translate
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
@@ -63,6 +65,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--local-module-dir", help="where the proxies see --cache-dir (default: the same path)")
     serve_cmd.add_argument("--max-module-size", type=int, default=FetchSettings.max_bytes, help="bytes")
+    serve_cmd.add_argument(
+        "--docker-config", help="Docker config.json (or its folder) with registry logins (default: $DOCKER_CONFIG)"
+    )
+    serve_cmd.add_argument("--registry-ca", help="PEM file of CAs to trust for registries, besides the system's")
+    serve_cmd.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a registry reached over plain HTTP; repeatable",
+    )
+    serve_cmd.add_argument(
+        "--repull-interval",
+        type=float,
+        default=ResolverSettings.repull_seconds,
+        help="seconds between pulls of modules with imagePullPolicy Always (0: only on change)",
+    )
     serve_cmd.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full rescans")
     serve_cmd.set_defaults(run=_serve)
 
@@ -121,6 +140,21 @@ def _host_port(text: str) -> tuple[str, int]:
 def _serve(args: argparse.Namespace) -> int:
     cache_dir = os.path.abspath(args.cache_dir)
     advertised = _advertised(args.advertise_address or args.host, args.http_port)
+    docker_config = docker_config_path(args.docker_config, os.environ)
+    try:
+        docker_credentials = load_docker_config(docker_config) if docker_config else ()
+    except DockerConfigError as exc:
+        print(f"controlplane: --docker-config: {exc}", file=sys.stderr)
+        return 2
+    if args.registry_ca and not os.path.isfile(args.registry_ca):
+        print(f"controlplane: --registry-ca: no such file: {args.registry_ca}", file=sys.stderr)
+        return 2
+    fetch = FetchSettings(
+        max_bytes=args.max_module_size,
+        registry_ca=args.registry_ca or "",
+        insecure_registries=frozenset(args.insecure_registry),
+        docker_credentials=docker_credentials,
+    )
     settings = ServeSettings(
         config_dirs=tuple(args.config_dir),
         cache_dir=cache_dir,
@@ -134,7 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
             module_delivery=args.module_delivery,
             local_module_dir=args.local_module_dir or cache_dir,
         ),
-        fetch=FetchSettings(max_bytes=args.max_module_size),
+        modules=ResolverSettings(fetch=fetch, repull_seconds=args.repull_interval),
         resync_seconds=args.resync_interval,
     )
     if args.host in ("0.0.0.0", "::") and not args.advertise_address:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Labels = tuple[tuple[str, str], ...]
 """Labels as sorted (key, value) pairs: hashable, so values holding them can be keys and set members."""
@@ -88,6 +88,9 @@ class ModuleKey:
 
     url: str
     sha256: str
+    pull_secret: str = ""
+    """`namespace/name` of the plugin's imagePullSecret: a module fetched with one namespace's credentials
+    is never handed to a plugin of another namespace that has none."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ class WasmPlugin:
 
     @property
     def module(self) -> ModuleKey:
-        return ModuleKey(self.url, self.sha256)
+        secret = f"{self.namespace}/{self.image_pull_secret}" if self.image_pull_secret else ""
+        return ModuleKey(self.url, self.sha256, secret)
 
 
 @dataclass(frozen=True)
@@ -142,11 +146,32 @@ class Sidecar:
 
 
 @dataclass(frozen=True)
+class RegistryCredential:
+    """A user name and password for one registry host, from a Docker config or a pull Secret."""
+
+    registry: str
+    """`host[:port]`, as images name it."""
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PullSecret:
+    """A `kubernetes.io/dockerconfigjson` Secret that plugins of its namespace name as imagePullSecret."""
+
+    namespace: str
+    name: str
+    credentials: tuple[RegistryCredential, ...] = field(repr=False)
+    source: SourceRef
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the directory declares that is valid, in a stable order."""
 
     plugins: tuple[WasmPlugin, ...] = ()
     sidecars: tuple[Sidecar, ...] = ()
+    secrets: tuple[PullSecret, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,17 +46,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 @pytest.fixture
-def stack(tmp_path: Path, httpbin_port: int, processes: list[Process], request: pytest.FixtureRequest) -> Stack:
-    """Envoy in front of httpbin, configured by a control plane watching `config_dir`; state of the world
-    unless parametrized with "delta"."""
-    config_dir = tmp_path / "config"
-    config_dir.mkdir()
-    port = free_port()
-    (config_dir / "sidecar.yaml").write_text(sidecar_yaml("httpbin", port, httpbin_port, {"app": "httpbin"}))
-    control_plane = start_control_plane(processes, config_dir, tmp_path)
-    delta = getattr(request, "param", "sotw") == "delta"
-    envoy = start_envoy(
-        processes, tmp_path, control_plane.xds_port, "httpbin-1", labels={"app": "httpbin"}, delta=delta
-    )
-    wait_for(lambda: http_get(port).status == 200, what="the listener to serve")
-    return Stack(config_dir, control_plane, envoy, port)
+def make_stack(
+    tmp_path: Path, httpbin_port: int, processes: list[Process], request: pytest.FixtureRequest
+) -> Callable[..., Stack]:
+    """Starts Envoy in front of httpbin, configured by a control plane (given extra `serve` flags) watching
+    `config_dir`; state of the world unless the test is parametrized with "delta"."""
+
+    def make(*extra: str) -> Stack:
+        config_dir = tmp_path / "config"
+        config_dir.mkdir()
+        port = free_port()
+        (config_dir / "sidecar.yaml").write_text(sidecar_yaml("httpbin", port, httpbin_port, {"app": "httpbin"}))
+        control_plane = start_control_plane(processes, config_dir, tmp_path, *extra)
+        delta = getattr(request, "param", "sotw") == "delta"
+        envoy = start_envoy(
+            processes, tmp_path, control_plane.xds_port, "httpbin-1", labels={"app": "httpbin"}, delta=delta
+        )
+        wait_for(lambda: http_get(port).status == 200, what="the listener to serve")
+        return Stack(config_dir, control_plane, envoy, port)
+
+    return make
+
+
+@pytest.fixture
+def stack(make_stack: Callable[..., Stack]) -> Stack:
+    return make_stack()

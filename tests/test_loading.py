@@ -33,6 +33,15 @@ from controlplane.source.documents import DocumentKey
 REPO = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef" * 4
 ERROR_LINE = re.compile(r"^\S+:\d+: \S+: .+$")
+# The Secret that test_every_wasm_plugin_field_is_parsed's imagePullSecret names.
+PULL_SECRET = """\
+apiVersion: v1
+kind: Secret
+metadata: {name: pull-secret, namespace: apps}
+type: kubernetes.io/dockerconfigjson
+stringData:
+  .dockerconfigjson: '{"auths": {}}'
+"""
 
 # libyaml, which the loader uses where PyYAML has it, words this error differently from pure-Python PyYAML.
 MAPPING_NOT_ALLOWED = "in this context" if yaml.__with_libyaml__ else "here"
@@ -263,6 +272,7 @@ def test_every_wasm_plugin_field_is_parsed(tmp_path: Path) -> None:
             namespace="apps",
         ),
     )
+    write(tmp_path, "pull-secret.yaml", PULL_SECRET)
     assert only_plugin(load(tmp_path)) == WasmPlugin(
         namespace="apps",
         name="filter",

@@ -1,72 +1,196 @@
 """Keeps every module that the config needs fetched, verified and in the store, and tells its owner
-when the state of a module changes. Each module key is fetched once at a time; fetches run
-concurrently, so a slow one holds up no other plugin."""
+when the state of a module changes. Fetches run concurrently, so a slow one holds up no other plugin; one
+url is fetched once at a time. Failed modules are retried in the background with exponential backoff, so
+the real plugin replaces its stand-in as soon as a fetch succeeds; modules pulled `Always` are pulled again
+when a plugin using them changes and every repull interval."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
-from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus
-from controlplane.modules.fetch import FetchFailed, FetchSettings, fetch_module
+from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
+from controlplane.modules.download import FetchFailed, FetchSettings
+from controlplane.modules.fetch import fetch_module, is_local
+from controlplane.modules.index import ModuleIndex, entry_name, expired
+from controlplane.modules.policy import ModuleRequest
 from controlplane.modules.store import ModuleStore
 from controlplane.modules.verify import ModuleRejected, verify_module
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ResolverSettings:
+    fetch: FetchSettings = FetchSettings()
+    retry_first_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    repull_seconds: float = 3600.0
+    """How often modules pulled `Always` are pulled again; 0: only when a plugin using them changes."""
+    module_expiry_seconds: float = 24 * 3600.0
+    """Modules no plugin has used for this long are deleted from the cache."""
+    purge_interval_seconds: float = 3600.0
+    tick_seconds: float = 0.5
+
+
 class ModuleResolver:
-    def __init__(self, store: ModuleStore, settings: FetchSettings, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self, store: ModuleStore, index: ModuleIndex, settings: ResolverSettings, on_change: Callable[[], None]
+    ) -> None:
         self._store = store
+        self._index = index
         self._settings = settings
         self._on_change = on_change
         self._statuses: dict[ModuleKey, ModuleStatus] = {}
+        self._requests: dict[ModuleKey, ModuleRequest] = {}
         self._fetching: dict[ModuleKey, asyncio.Task[None]] = {}
-        self._wanted: set[ModuleKey] = set()
+        self._fetched_revision: dict[ModuleKey, str] = {}
+        self._fetched_at: dict[ModuleKey, float] = {}
+        self._failures: dict[ModuleKey, int] = {}
+        self._retry_at: dict[ModuleKey, float] = {}
+        self._url_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def statuses(self) -> Mapping[ModuleKey, ModuleStatus]:
         return dict(self._statuses)
 
-    def require(self, keys: Iterable[ModuleKey]) -> None:
-        """Starts fetching what is not known yet, and forgets what is no longer needed. Local files are
-        read again every time, as a commit may have replaced a module under the same path."""
-        wanted = self._wanted = set(keys)
+    def next_retry(self, key: ModuleKey) -> float | None:
+        """Seconds until a failed module is tried again (for the status view)."""
+        at = self._retry_at.get(key)
+        return None if at is None else max(0.0, at - time.monotonic())
+
+    def require(self, requests: Iterable[ModuleRequest]) -> None:
+        """Starts fetching what is not known yet, or is due again, and forgets what is no longer needed.
+        Local files are read again every time, as a commit may have replaced a module under the same path."""
+        self._requests = {r.key: r for r in requests}
         for key in list(self._statuses):
-            if key not in wanted:
-                del self._statuses[key]
-        for key in wanted:
+            if key not in self._requests:
+                self._forget(key)
+        for key, request in self._requests.items():
             if key in self._fetching:
                 continue
-            if key not in self._statuses or key.url.startswith("file://"):
-                self._fetching[key] = asyncio.create_task(self._fetch(key))
+            status = self._statuses.get(key)
+            if status is None and not request.always and self._from_cache(request):
+                continue
+            changed = request.revision != self._fetched_revision.get(key)
+            if (
+                status is None
+                or is_local(key.url)
+                or (changed and (request.always or isinstance(status, ModuleFailed)))
+            ):
+                self._start(key)
 
     async def settled(self) -> None:
         """Waits until no fetch is under way."""
         while self._fetching:
             await asyncio.gather(*self._fetching.values(), return_exceptions=True)
 
-    async def _fetch(self, key: ModuleKey) -> None:
+    async def run(self) -> None:
+        """Retries, re-pulls and purges, for as long as the server runs."""
+        next_purge = time.monotonic()
+        while True:
+            now = time.monotonic()
+            for key, request in self._requests.items():
+                if key in self._fetching:
+                    continue
+                if key in self._retry_at and self._retry_at[key] <= now:
+                    self._start(key)
+                elif (
+                    request.always
+                    and self._settings.repull_seconds > 0
+                    and now - self._fetched_at.get(key, now) >= self._settings.repull_seconds
+                ):
+                    self._start(key)
+            if now >= next_purge:
+                self.purge(time.time())
+                next_purge = now + self._settings.purge_interval_seconds
+            await asyncio.sleep(self._settings.tick_seconds)
+
+    def purge(self, now: float) -> None:
+        """Forgets and deletes the modules nothing has used for the module expiry."""
+        self._index.touch(self._requests, now)
+        wanted = [entry_name(key) for key in self._requests]
+        self._index.forget(expired(self._index.entries, wanted, now, self._settings.module_expiry_seconds))
+        keep = {e.sha256 for e in self._index.entries.values()}
+        keep |= {s.sha256 for s in self._statuses.values() if isinstance(s, ModuleReady)}
+        for sha256 in self._store.purge(keep, now - self._settings.module_expiry_seconds):
+            log.info("deleted module %s from the cache: unused for %.0fs", sha256, self._settings.module_expiry_seconds)
+
+    def _from_cache(self, request: ModuleRequest) -> bool:
+        """A module pulled before (maybe before a restart) serves without asking the registry."""
+        entry = self._index.get(request.key)
+        if entry is None or is_local(request.key.url) or not self._store.intact(entry.sha256):
+            return False
+        self._set(request.key, ModuleReady(entry.sha256, entry.size))
+        self._fetched_revision[request.key] = request.revision
+        log.info("module %s: serving %s from the cache", request.key.url, entry.sha256)
+        return True
+
+    def _start(self, key: ModuleKey) -> None:
+        self._retry_at.pop(key, None)
+        self._fetching[key] = asyncio.create_task(self._fetch(self._requests[key]))
+
+    async def _fetch(self, request: ModuleRequest) -> None:
+        key = request.key
         try:
-            status = await resolve_module(key, self._store, self._settings)
+            lock = self._url_locks.setdefault(key.url, asyncio.Lock())
+            async with lock:
+                status = await resolve_module(key, self._store, self._settings.fetch, request.credentials)
         finally:
             self._fetching.pop(key, None)
-        if key not in self._wanted:
+        if key not in self._requests:
             return
+        self._fetched_revision[key] = request.revision
+        previous = self._statuses.get(key)
         if isinstance(status, ModuleFailed):
-            log.error("module %s unavailable: %s", key.url, status.reason)
+            self._schedule_retry(key, status)
+            if isinstance(previous, ModuleReady) and not is_local(key.url):
+                log.error(
+                    "module %s: pulling again failed (%s); still serving %s", key.url, status.reason, previous.sha256
+                )
+                return
+        else:
+            if isinstance(previous, ModuleFailed):
+                log.info("module %s is available now: the plugin replaces its stand-in", key.url)
+            self._failures.pop(key, None)
+            self._fetched_at[key] = time.monotonic()
+            self._index.record(key, status.sha256, status.size, time.time())
+        self._set(key, status)
+        current = self._requests.get(key)
+        if current is not None and current.revision != request.revision and current.always:
+            self._start(key)  # the plugin changed while its module was being pulled
+
+    def _schedule_retry(self, key: ModuleKey, status: ModuleFailed) -> None:
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        delay = min(self._settings.retry_max_seconds, self._settings.retry_first_seconds * 2 ** (failures - 1))
+        delay *= 0.75 + random.random() / 2
+        self._retry_at[key] = time.monotonic() + delay
+        log.error("module %s unavailable: %s; trying again in %.1fs", key.url, status.reason, delay)
+
+    def _set(self, key: ModuleKey, status: ModuleStatus) -> None:
         if self._statuses.get(key) != status:
             self._statuses[key] = status
             self._on_change()
 
+    def _forget(self, key: ModuleKey) -> None:
+        for state in (self._statuses, self._fetched_revision, self._fetched_at, self._failures, self._retry_at):
+            state.pop(key, None)
 
-async def resolve_module(key: ModuleKey, store: ModuleStore, settings: FetchSettings) -> ModuleStatus:
+
+async def resolve_module(
+    key: ModuleKey, store: ModuleStore, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = ()
+) -> ModuleStatus:
     """Fetches and verifies one module into the store; every failure becomes a ModuleFailed."""
     try:
-        content = await fetch_module(key.url, settings)
-        sha256 = await asyncio.to_thread(verify_module, content, key.sha256, settings.max_bytes)
+        fetched = await fetch_module(key.url, settings, credentials)
+        sha256 = await asyncio.to_thread(
+            verify_module, fetched.content, key.sha256, settings.max_bytes, fetched.digests
+        )
     except (FetchFailed, ModuleRejected) as exc:
         return ModuleFailed(str(exc))
-    store.put(content)
-    return ModuleReady(sha256, len(content))
+    store.put(fetched.content)
+    return ModuleReady(sha256, len(fetched.content))

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+
+_MODULE_FILE = re.compile(r"^([a-f0-9]{64})\.wasm$")
 
 
 class ModuleStore:
@@ -21,10 +25,10 @@ class ModuleStore:
 
     def put(self, content: bytes) -> str:
         """Stores `content` and returns its sha256. Written to a temporary name and renamed, so a reader
-        never sees half a module."""
+        never sees half a module; a damaged copy already there is replaced."""
         sha256 = hashlib.sha256(content).hexdigest()
         target = self.path(sha256)
-        if not target.is_file():
+        if not self.intact(sha256):
             handle, temporary = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
             try:
                 with os.fdopen(handle, "wb") as out:
@@ -35,3 +39,23 @@ class ModuleStore:
                 os.unlink(temporary)
                 raise
         return sha256
+
+    def intact(self, sha256: str) -> bool:
+        """True when the file is there and still holds what its name says (a disk can lose a write)."""
+        try:
+            with open(self.path(sha256), "rb") as handle:
+                return hashlib.file_digest(handle, "sha256").hexdigest() == sha256
+        except OSError:
+            return False
+
+    def purge(self, keep: Iterable[str], older_than: float) -> list[str]:
+        """Deletes the modules not in `keep` last written before `older_than` (seconds since the epoch), and
+        returns their sha256s. Modules are written once, so a file's mtime is when it was fetched."""
+        keep = set(keep)
+        removed = []
+        for entry in os.scandir(self.root):
+            match = _MODULE_FILE.match(entry.name)
+            if match and match.group(1) not in keep and entry.stat().st_mtime < older_than:
+                os.unlink(entry.path)
+                removed.append(match.group(1))
+        return removed

@@ -16,13 +16,20 @@ class ModuleRejected(Exception):
     """The bytes are not a usable module; the message says why, for the plugin's status and the log."""
 
 
-def verify_module(content: bytes, expected_sha256: str = "", max_bytes: int = DEFAULT_MAX_MODULE_BYTES) -> str:
-    """Returns the module's sha256, or raises ModuleRejected."""
+def verify_module(
+    content: bytes,
+    expected_sha256: str = "",
+    max_bytes: int = DEFAULT_MAX_MODULE_BYTES,
+    aliases: frozenset[str] = frozenset(),
+) -> str:
+    """Returns the module's sha256, or raises ModuleRejected. `expected_sha256` may be the module's own
+    digest or one of its `aliases` (for OCI, the manifest digest: Istio's meaning of the field)."""
     if len(content) > max_bytes:
         raise ModuleRejected(f"module is {len(content)} bytes, over the limit of {max_bytes}")
     sha256 = hashlib.sha256(content).hexdigest()
-    if expected_sha256 and sha256 != expected_sha256:
-        raise ModuleRejected(f"sha256 mismatch: expected {expected_sha256}, got {sha256}")
+    if expected_sha256 and expected_sha256 != sha256 and expected_sha256 not in aliases:
+        via = f" (manifest {', '.join(sorted(aliases))})" if aliases else ""
+        raise ModuleRejected(f"sha256 mismatch: expected {expected_sha256}, got {sha256}{via}")
     if len(content) < 8 or not content.startswith(WASM_MAGIC):
         raise ModuleRejected("not a WebAssembly module (no \\0asm magic)")
     try:

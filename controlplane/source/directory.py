@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from controlplane.errors import ConfigError
-from controlplane.model import Config, Sidecar, WasmPlugin
+from controlplane.model import Config, PullSecret, Sidecar, WasmPlugin
 from controlplane.source.documents import Declared, DocumentKey, DocumentResult, read_document
+from controlplane.source.secrets import missing_pull_secrets
 from controlplane.source.yaml_documents import parse_yaml
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,9 @@ def assemble(files: Mapping[str, FileState], previous: LoadedDirectory) -> Loade
     config = Config(
         plugins=tuple(v for v in values if isinstance(v, WasmPlugin)),
         sidecars=tuple(v for v in values if isinstance(v, Sidecar)),
+        secrets=tuple(v for v in values if isinstance(v, PullSecret)),
     )
+    errors.extend(missing_pull_secrets(config))
     return LoadedDirectory(files=files, served=chosen, errors=tuple(sorted(set(errors))), config=config)
 
 

@@ -18,6 +18,7 @@ from controlplane.model import (
     Phase,
     PluginType,
     PullPolicy,
+    PullSecret,
     Sidecar,
     SourceRef,
     TargetRef,
@@ -27,6 +28,7 @@ from controlplane.model import (
     labels_from,
 )
 from controlplane.source.schema import Problem, parse_message
+from controlplane.source.secrets import DOCKER_CONFIG_JSON_TYPE, SECRET_API_VERSIONS, read_pull_secret
 from controlplane.source.yaml_documents import FieldPath, YamlDocument, format_field_path
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class DocumentKey:
         return f"{self.kind} {self.namespace}/{self.name}"
 
 
-Declared = WasmPlugin | Sidecar
+Declared = WasmPlugin | Sidecar | PullSecret
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,15 @@ def read_document(document: YamlDocument) -> DocumentResult | None:
     if not isinstance(data, dict):
         return _result(document, None, None, [((), "expected a mapping with apiVersion, kind, metadata, spec")])
     kind, api_version = data.get("kind"), data.get("apiVersion")
-    if kind not in ("WasmPlugin", "Sidecar"):
+    if kind == "Secret" and data.get("type") != DOCKER_CONFIG_JSON_TYPE:
+        log.info("%s: skipping Secret of type %r: only %s is used", source, data.get("type"), DOCKER_CONFIG_JSON_TYPE)
+        return None
+    if kind not in ("WasmPlugin", "Sidecar", "Secret"):
         log.info("%s: skipping %s %s: not a kind this control plane acts on", source, api_version, kind)
         return None
-    expected_versions = WASM_PLUGIN_API_VERSIONS if kind == "WasmPlugin" else SIDECAR_API_VERSIONS
+    expected_versions = {"WasmPlugin": WASM_PLUGIN_API_VERSIONS, "Sidecar": SIDECAR_API_VERSIONS}.get(
+        kind, SECRET_API_VERSIONS
+    )
     if not isinstance(api_version, str) or api_version not in expected_versions:
         problems.append(
             (
@@ -108,10 +115,14 @@ def read_document(document: YamlDocument) -> DocumentResult | None:
         elif isinstance(name, str) and name:
             key = DocumentKey(kind, namespace, name)
     spec = data.get("spec")
-    if spec is None:
-        problems.append((("spec",), "required"))
     value: Declared | None = None
-    if key is not None and spec is not None:
+    if kind == "Secret":
+        if key is not None:
+            value, secret_problems = read_pull_secret(data, key.namespace, key.name, source)
+            problems.extend(secret_problems)
+    elif spec is None:
+        problems.append((("spec",), "required"))
+    elif key is not None:
         if kind == "WasmPlugin":
             value, spec_problems = _read_wasm_plugin(spec, key, document, source)
         else:

@@ -93,7 +93,11 @@ def translate(
     plugins = select_plugins(config, proxy, settings.root_namespace)
     clusters = [_endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
     clusters += [_upstream_cluster(port) for port in ports]
-    listeners = [_listener(port, [p for p in plugins if plugin_applies_to_port(p, port)]) for port in ports]
+    per_port = [[p for p in plugins if plugin_applies_to_port(p, port)] for port in ports]
+    listeners = [_listener(port, used) for port, used in zip(ports, per_port, strict=True)]
+    if settings.module_delivery == "remote":
+        for listener, used in zip(listeners, per_port, strict=True):
+            _mark_modules(listener, [modules.get(p.module) for p in used])
     extension_configs = [
         config_
         for config_ in (_extension_config(p, modules.get(p.module), settings) for p in plugins)
@@ -132,6 +136,19 @@ def _listener(port: IngressPort, plugins: list[WasmPlugin]) -> listener_pb2.List
         address=_socket_address(port.bind or "0.0.0.0", port.number),
         filter_chains=[listener_components_pb2.FilterChain(filters=[*network_filters, terminal])],
     )
+
+
+MODULES_METADATA = "wasm-controlplane"
+
+
+def _mark_modules(listener: listener_pb2.Listener, statuses: list[ModuleStatus | None]) -> None:
+    """Puts the sha256s of the modules a listener's plugins run into its metadata, so that a module new to
+    Envoy comes with a listener update. Envoy fetches remote code only while a listener warms: an ECDS
+    update to a warm listener registers its fetch with an init manager that has already finished, and the
+    fetch never starts (a stand-in replaced by the real plugin, a plugin moved to a new module)."""
+    shas = sorted({s.sha256 for s in statuses if isinstance(s, ModuleReady)})
+    if shas:
+        listener.metadata.filter_metadata[MODULES_METADATA].update({"modules": shas})
 
 
 def _http_connection_manager(port: IngressPort, plugins: list[WasmPlugin]) -> hcm_pb2.HttpConnectionManager:

@@ -1,0 +1,102 @@
+"""HTTP(S) transport shared by the plain-download and registry fetchers: TLS settings, size-capped reads,
+retries with exponential backoff, and messages that never carry a credential."""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from controlplane.model import RegistryCredential
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Server errors that a retry will not cure (Istio's agent does not retry them either).
+_PERMANENT_SERVER_ERRORS = frozenset({501, 505, 511})
+
+
+class FetchFailed(Exception):
+    """The module could not be had; the message is safe to log (it names no credential)."""
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    max_bytes: int = 256 * 1024 * 1024
+    timeout_seconds: float = 15.0
+    retries: int = 2
+    """Quick retries inside one fetch; the resolver keeps retrying failed modules in the background."""
+    first_backoff_seconds: float = 0.5
+    registry_ca: str = ""
+    """A PEM file of CAs trusted for registries and downloads, besides the system's."""
+    insecure_registries: frozenset[str] = frozenset()
+    """`host[:port]`s reached over plain HTTP."""
+    docker_credentials: tuple[RegistryCredential, ...] = field(default=(), repr=False)
+    """From `--docker-config` or `$DOCKER_CONFIG`, for registries a plugin's pull secret does not cover."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    content: bytes
+    digests: frozenset[str] = frozenset()
+    """Other sha256s the content goes by, which a plugin's `sha256` may give: for OCI, the digests of the
+    manifest (and of the image index) it came through."""
+
+
+def tls_context(settings: FetchSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.registry_ca:
+        context.load_verify_locations(cafile=settings.registry_ca)
+    return context
+
+
+def call_with_retries(call: Callable[[], T], what: str, settings: FetchSettings) -> T:
+    """Runs `call` (blocking: from a worker thread), retrying network errors and 5xx with exponential
+    backoff and jitter. Any other exception goes straight through."""
+    delay = settings.first_backoff_seconds
+    for attempt in range(settings.retries + 1):
+        try:
+            return call()
+        except urllib.error.HTTPError as exc:
+            reason = f"HTTP {exc.code}"
+            retry = exc.code >= 500 and exc.code not in _PERMANENT_SERVER_ERRORS
+        except (urllib.error.URLError, OSError) as exc:
+            # An untrusted certificate stays untrusted however often it is asked.
+            reason = network_reason(exc)
+            retry = not isinstance(getattr(exc, "reason", exc), ssl.SSLCertVerificationError)
+        if not retry or attempt == settings.retries:
+            raise FetchFailed(f"{what} failed: {reason}")
+        log.info("%s failed (%s); retrying in %.1fs", what, reason, delay)
+        time.sleep(delay * (0.5 + random.random()))
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+def network_reason(exc: OSError) -> str:
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ssl.SSLError):
+        return (
+            f"TLS error: {reason} (a registry with a private CA needs --registry-ca; "
+            "a plain-HTTP one --insecure-registry)"
+        )
+    return str(reason)
+
+
+def read_capped(response: urllib.response.addinfourl, max_bytes: int, what: str) -> bytes:
+    content = response.read(max_bytes + 1)
+    if len(content) > max_bytes:
+        raise FetchFailed(f"{what} is larger than the limit of {max_bytes} bytes")
+    return content
+
+
+def redact(url: str) -> str:
+    """A url without user information or query, which may carry credentials."""
+    scheme, _, rest = url.partition("://")
+    host_and_path = rest.rsplit("@", 1)[-1] if "@" in rest.split("/", 1)[0] else rest
+    return f"{scheme}://{host_and_path.split('?', 1)[0]}"

@@ -1,0 +1,95 @@
+"""The cache's memory across restarts: which module each resolved reference gave, and when it was last
+used. A small JSON file beside the modules, replaced atomically, so a restart with the registry down still
+serves what was pinned or pulled with IfNotPresent."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from controlplane.model import ModuleKey
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    sha256: str
+    size: int
+    used_at: float
+    """Seconds since the epoch when a plugin last needed it."""
+
+
+def entry_name(key: ModuleKey) -> str:
+    return json.dumps([key.url, key.sha256, key.pull_secret])
+
+
+def expired(entries: Mapping[str, IndexEntry], wanted: Iterable[str], now: float, expiry_seconds: float) -> set[str]:
+    """Entries no plugin needs now and none has needed for `expiry_seconds`."""
+    keep = set(wanted)
+    return {name for name, entry in entries.items() if name not in keep and now - entry.used_at > expiry_seconds}
+
+
+class ModuleIndex:
+    def __init__(self, root: str | Path) -> None:
+        self.path = Path(root) / INDEX_FILE
+        self._entries = self._load()
+
+    @property
+    def entries(self) -> Mapping[str, IndexEntry]:
+        return dict(self._entries)
+
+    def get(self, key: ModuleKey) -> IndexEntry | None:
+        return self._entries.get(entry_name(key))
+
+    def record(self, key: ModuleKey, sha256: str, size: int, now: float) -> None:
+        entry = IndexEntry(sha256, size, now)
+        if self._entries.get(entry_name(key)) != entry:
+            self._entries[entry_name(key)] = entry
+            self._save()
+
+    def touch(self, keys: Iterable[ModuleKey], now: float) -> None:
+        for key in keys:
+            entry = self._entries.get(entry_name(key))
+            if entry is not None:
+                self._entries[entry_name(key)] = IndexEntry(entry.sha256, entry.size, now)
+        self._save()
+
+    def forget(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._entries.pop(name, None)
+        self._save()
+
+    def _load(self) -> dict[str, IndexEntry]:
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("format") != _FORMAT:
+                raise ValueError(f"format {data.get('format')!r}")
+            return {name: IndexEntry(**fields) for name, fields in data["modules"].items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # The modules themselves are still there; only what was pulled from where must be learnt again.
+            log.warning("ignoring the module index %s (%s); modules will be pulled again", self.path, exc)
+            return {}
+
+    def _save(self) -> None:
+        text = json.dumps(
+            {"format": _FORMAT, "modules": {n: asdict(e) for n, e in sorted(self._entries.items())}}, indent=1
+        )
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".index-")
+        try:
+            with os.fdopen(handle, "w") as out:
+                out.write(text)
+            os.replace(temporary, self.path)
+        except BaseException:
+            os.unlink(temporary)
+            raise

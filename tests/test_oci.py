@@ -1,0 +1,407 @@
+"""Modules pulled from a real registry (Debian's docker-registry on loopback): every image format, by tag
+and by digest, Istio's and the module's meaning of sha256, the size cap and bad modules, TLS with a test
+CA, basic and bearer-token auth, pull policies, and the cache that outlives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
+from controlplane.modules.download import FetchFailed, FetchSettings
+from controlplane.modules.index import IndexEntry, ModuleIndex, expired
+from controlplane.modules.oci import ImageReference, parse_reference
+from controlplane.modules.policy import ModuleRequest, module_requests
+from controlplane.modules.resolver import ModuleResolver, ResolverSettings, resolve_module
+from controlplane.modules.store import ModuleStore
+from controlplane.source.directory import load_directory
+from tests.registry import FORMATS, LocalCa, Registry, TokenIssuer, start_registry, token_server
+from tests.support import ORDER_MARKER_WASM, RATELIMIT_WASM, wasm_plugin_yaml
+
+MODULE = RATELIMIT_WASM.read_bytes()
+MODULE_SHA256 = hashlib.sha256(MODULE).hexdigest()
+OTHER_MODULE = ORDER_MARKER_WASM.read_bytes()
+LOGIN = ("puller", "pull-pass-4f7a")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """Anonymous, plain HTTP."""
+    started = start_registry(tmp_path_factory.mktemp("registry"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def local_ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCa:
+    return LocalCa.create(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def private_registry(tmp_path_factory: pytest.TempPathFactory, local_ca: LocalCa) -> Iterator[Registry]:
+    """TLS with the test CA, basic auth."""
+    started = start_registry(tmp_path_factory.mktemp("private-registry"), tls=local_ca, login=LOGIN)
+    yield started
+    started.stop()
+
+
+def plain(registry: Registry, **changes: object) -> FetchSettings:
+    return FetchSettings(insecure_registries=frozenset({registry.host}), **changes)  # type: ignore[arg-type]
+
+
+def resolve(
+    url: str, settings: FetchSettings, tmp_path: Path, sha256: str = "", credentials: tuple = ()
+) -> ModuleStatus:
+    key = ModuleKey(url, sha256)
+    return asyncio.run(resolve_module(key, ModuleStore(tmp_path / "store"), settings, credentials))
+
+
+def reason(status: ModuleStatus) -> str:
+    assert isinstance(status, ModuleFailed), status
+    return status.reason
+
+
+# --- references ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("oci://ghcr.io/acme/filter:1.0", ImageReference("ghcr.io", "acme/filter", "1.0", "")),
+        ("ghcr.io/acme/filter", ImageReference("ghcr.io", "acme/filter", "latest", "")),
+        ("oci://localhost:5000/f@sha256:" + "a" * 64, ImageReference("localhost:5000", "f", "", "sha256:" + "a" * 64)),
+        ("127.0.0.1:5000/a/b/c:v2", ImageReference("127.0.0.1:5000", "a/b/c", "v2", "")),
+        ("istio/filter:1", ImageReference("docker.io", "istio/filter", "1", "")),
+        ("nginx", ImageReference("docker.io", "library/nginx", "latest", "")),
+    ],
+)
+def test_references_are_read_as_istio_reads_them(url: str, expected: ImageReference) -> None:
+    assert parse_reference(url) == expected
+
+
+@pytest.mark.parametrize("url", ["oci://ghcr.io/Acme/filter:1", "oci://ghcr.io/acme/f@sha256:abc", "oci://h.io/a:b:c"])
+def test_bad_references_are_refused_with_the_reason(url: str) -> None:
+    with pytest.raises(FetchFailed, match="not a valid|digest must be"):
+        parse_reference(url)
+
+
+# --- formats, tags, digests, sha256 ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_every_image_format_is_pulled_by_tag_and_by_digest(
+    registry: Registry, tmp_path: Path, image_format: str
+) -> None:
+    repository = f"formats/{image_format}"
+    digest = registry.push(repository, "1.0", MODULE, image_format)
+    for url in (f"oci://{registry.host}/{repository}:1.0", f"{registry.host}/{repository}@{digest}"):
+        assert resolve(url, plain(registry), tmp_path) == ModuleReady(MODULE_SHA256, len(MODULE)), url
+    assert (tmp_path / "store" / f"{MODULE_SHA256}.wasm").read_bytes() == MODULE
+
+
+@pytest.mark.parametrize("image_format", ["wasm-2-layers", "oci-index"])
+def test_sha256_is_the_manifest_digest_or_the_module_digest(
+    registry: Registry, tmp_path: Path, image_format: str
+) -> None:
+    repository = f"sha/{image_format}"
+    manifest_digest = registry.push(repository, "1.0", MODULE, image_format).removeprefix("sha256:")
+    url = f"oci://{registry.host}/{repository}:1.0"
+    ready = ModuleReady(MODULE_SHA256, len(MODULE))
+    assert resolve(url, plain(registry), tmp_path, sha256=manifest_digest) == ready
+    assert resolve(url, plain(registry), tmp_path, sha256=MODULE_SHA256) == ready
+    wrong = reason(resolve(url, plain(registry), tmp_path, sha256="0" * 64))
+    assert f"sha256 mismatch: expected {'0' * 64}, got {MODULE_SHA256}" in wrong
+    assert manifest_digest in wrong
+
+
+def test_a_module_over_the_size_cap_is_refused_before_download_and_after_unpacking(
+    registry: Registry, tmp_path: Path
+) -> None:
+    registry.push("cap/artifact", "1", MODULE, "wasm-1-layer")
+    registry.push("cap/image", "1", MODULE, "docker-image")
+    small = plain(registry, max_bytes=len(MODULE) - 1)
+    assert "over the limit" in reason(resolve(f"oci://{registry.host}/cap/artifact:1", small, tmp_path))
+    assert "larger than the limit" in reason(resolve(f"oci://{registry.host}/cap/image:1", small, tmp_path))
+    assert not (tmp_path / "store" / f"{MODULE_SHA256}.wasm").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"<html>a login page, not a module</html>", "not a WebAssembly module"),
+        (b"\0asm\x01\0\0\0\x01\xff\xff\xff", "module does not compile"),
+        (b"\0asm\x01\0\0\0", "exports no proxy-wasm ABI version"),
+    ],
+)
+def test_what_is_not_a_proxy_wasm_module_is_refused(
+    registry: Registry, tmp_path: Path, content: bytes, expected: str
+) -> None:
+    registry.push("bad/module", "1", content, "wasm-2-layers")
+    assert expected in reason(resolve(f"oci://{registry.host}/bad/module:1", plain(registry), tmp_path))
+
+
+def test_a_manifest_without_a_module_and_a_missing_tag_are_clear_failures(registry: Registry, tmp_path: Path) -> None:
+    config = registry.push_blob("nomodule/x", b"{}")
+    layer = registry.push_blob("nomodule/x", b"plain text")
+    registry.push_manifest(
+        "nomodule/x",
+        "1",
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": [{"mediaType": "text/plain", **layer}],
+        },
+    )
+    assert "holds no Wasm module" in reason(resolve(f"oci://{registry.host}/nomodule/x:1", plain(registry), tmp_path))
+    assert "not found" in reason(resolve(f"oci://{registry.host}/nomodule/x:2", plain(registry), tmp_path))
+
+
+# --- transport and auth ----------------------------------------------------------------------------------
+
+
+def test_plain_http_is_used_only_for_insecure_registries(registry: Registry, tmp_path: Path) -> None:
+    registry.push("transport/p", "1", MODULE)
+    url = f"oci://{registry.host}/transport/p:1"
+    refused = reason(resolve(url, FetchSettings(retries=0), tmp_path))
+    assert "TLS error" in refused and "--insecure-registry" in refused
+    assert isinstance(resolve(url, plain(registry), tmp_path), ModuleReady)
+
+
+def test_a_private_registry_needs_its_ca_and_a_valid_login(
+    private_registry: Registry, local_ca: LocalCa, tmp_path: Path
+) -> None:
+    private_registry.push("private/p", "1", MODULE)
+    url = f"oci://{private_registry.host}/private/p:1"
+    trusted = FetchSettings(registry_ca=str(local_ca.ca_file))
+    right = (RegistryCredential(private_registry.host, *LOGIN),)
+    wrong = (RegistryCredential(private_registry.host, LOGIN[0], "not-the-password"),)
+    untrusted = reason(resolve(url, FetchSettings(), tmp_path, credentials=right))
+    assert "certificate verify failed" in untrusted and "--registry-ca" in untrusted
+    assert "requires a login and no credential is configured" in reason(resolve(url, trusted, tmp_path))
+    refused = reason(resolve(url, trusted, tmp_path, credentials=wrong))
+    assert "refused the credential" in refused and "not-the-password" not in refused
+    assert isinstance(resolve(url, trusted, tmp_path, credentials=right), ModuleReady)
+    from_docker_config = FetchSettings(registry_ca=str(local_ca.ca_file), docker_credentials=right)
+    assert isinstance(resolve(url, from_docker_config, tmp_path), ModuleReady)
+
+
+def test_bearer_tokens_are_fetched_anonymously_or_with_the_login(tmp_path: Path) -> None:
+    issuer = TokenIssuer.create(tmp_path)
+    with token_server(issuer, LOGIN) as (token_port, scopes):
+        token_registry = start_registry(
+            tmp_path / "registry", token_auth=(issuer, f"http://127.0.0.1:{token_port}/token")
+        )
+        try:
+            token_registry.push("public/p", "1", MODULE)
+            token_registry.push("private/p", "1", MODULE)
+            settings = FetchSettings(insecure_registries=frozenset({token_registry.host, f"127.0.0.1:{token_port}"}))
+            login = (RegistryCredential(token_registry.host, *LOGIN),)
+            host = token_registry.host
+            assert isinstance(resolve(f"oci://{host}/public/p:1", settings, tmp_path), ModuleReady)
+            assert "refused (HTTP 401)" in reason(resolve(f"oci://{host}/private/p:1", settings, tmp_path))
+            assert isinstance(resolve(f"oci://{host}/private/p:1", settings, tmp_path, credentials=login), ModuleReady)
+            assert "repository:private/p:pull" in scopes
+            # A token service reached over plain HTTP must have been declared insecure: it gets the login.
+            only_registry = FetchSettings(insecure_registries=frozenset({host}))
+            refused = reason(resolve(f"oci://{host}/private/p:1", only_registry, tmp_path, credentials=login))
+            assert "is not HTTPS" in refused
+        finally:
+            token_registry.stop()
+
+
+# --- pull policies and the cache across restarts ---------------------------------------------------------
+
+
+def plugin_requests(tmp_path: Path, *plugins: str) -> list[ModuleRequest]:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir(exist_ok=True)
+    for index, text in enumerate(plugins):
+        (config_dir / f"plugin-{index}.yaml").write_text(text)
+    loaded = load_directory([str(config_dir)])
+    assert loaded.errors == ()
+    return module_requests(loaded.config)
+
+
+def plugin(name: str, url: str, policy: str = "", **fields: object) -> str:
+    text = wasm_plugin_yaml(name, url, **fields)  # type: ignore[arg-type]
+    return text.replace("spec:\n", f"spec:\n  imagePullPolicy: {policy}\n") if policy else text
+
+
+def test_pull_policy_defaults_to_always_for_latest_and_digests_pin(tmp_path: Path) -> None:
+    requests = plugin_requests(
+        tmp_path,
+        plugin("latest", "oci://r.io/p:latest"),
+        plugin("untagged", "oci://r.io/p"),
+        plugin("tagged", "oci://r.io/p:1"),
+        plugin("always", "oci://r.io/p:2", "Always"),
+        plugin("if-not-present", "oci://r.io/p:latest2", "IfNotPresent"),
+        plugin("pinned", "oci://r.io/p:3", "Always", sha256=MODULE_SHA256),
+        plugin("http", "https://r.io/p.wasm"),
+    )
+    always = {r.key.url: r.always for r in requests}
+    assert always == {
+        "oci://r.io/p:latest": True,
+        "oci://r.io/p": True,
+        "oci://r.io/p:1": False,
+        "oci://r.io/p:2": True,
+        "oci://r.io/p:latest2": False,
+        "oci://r.io/p:3": False,
+        "https://r.io/p.wasm": False,
+    }
+
+
+async def settle(resolver: ModuleResolver, requests: list[ModuleRequest]) -> dict[ModuleKey, ModuleStatus]:
+    resolver.require(requests)
+    await resolver.settled()
+    return dict(resolver.statuses)
+
+
+def new_resolver(cache: Path, registry: Registry) -> ModuleResolver:
+    settings = ResolverSettings(fetch=plain(registry, retries=0))
+    return ModuleResolver(ModuleStore(cache), ModuleIndex(cache), settings, lambda: None)
+
+
+def test_always_pulls_again_when_the_plugin_changes_and_if_not_present_does_not(
+    registry: Registry, tmp_path: Path
+) -> None:
+    registry.push("policy/p", "moving", MODULE)
+    url = f"oci://{registry.host}/policy/p:moving"
+
+    async def scenario(policy: str) -> tuple[ModuleStatus, ModuleStatus, ModuleStatus]:
+        registry.push("policy/p", "moving", MODULE)
+        resolver = new_resolver(tmp_path / policy, registry)
+        first = await settle(resolver, plugin_requests(tmp_path / policy, plugin("p", url, policy)))
+        registry.push("policy/p", "moving", OTHER_MODULE)
+        same_spec = await settle(resolver, plugin_requests(tmp_path / policy, plugin("p", url, policy)))
+        changed = plugin("p", url, policy, config={"requests_per_second": 5})
+        new_spec = await settle(resolver, plugin_requests(tmp_path / policy, changed))
+        [(_, a)], [(_, b)], [(_, c)] = first.items(), same_spec.items(), new_spec.items()
+        return a, b, c
+
+    other = ModuleReady(hashlib.sha256(OTHER_MODULE).hexdigest(), len(OTHER_MODULE))
+    original = ModuleReady(MODULE_SHA256, len(MODULE))
+    (tmp_path / "Always").mkdir()
+    (tmp_path / "IfNotPresent").mkdir()
+    assert asyncio.run(scenario("Always")) == (original, original, other)
+    assert asyncio.run(scenario("IfNotPresent")) == (original, original, original)
+
+
+def test_after_a_restart_without_registry_pinned_and_if_not_present_modules_still_serve(tmp_path: Path) -> None:
+    registry = start_registry(tmp_path / "registry")
+    try:
+        digest = registry.push("warm/p", "1.0", MODULE)
+        registry.push("warm/p", "latest", MODULE)
+    finally:
+        registry.stop()
+    pinned = plugin("pinned", f"oci://{registry.host}/warm/p@{digest}")
+    tagged = plugin("tagged", f"oci://{registry.host}/warm/p:1.0", "IfNotPresent")
+    latest = plugin("latest", f"oci://{registry.host}/warm/p:latest")
+    requests = plugin_requests(tmp_path, pinned, tagged, latest)
+
+    registry.start()
+    try:
+        before = asyncio.run(settle(new_resolver(tmp_path / "cache", registry), requests))
+    finally:
+        registry.stop()
+    assert all(isinstance(s, ModuleReady) for s in before.values()), before
+
+    after = asyncio.run(settle(new_resolver(tmp_path / "cache", registry), requests))
+    by_url = {key.url.rsplit("/", 1)[-1]: status for key, status in after.items()}
+    assert by_url[f"p@{digest}"] == by_url["p:1.0"] == ModuleReady(MODULE_SHA256, len(MODULE))
+    # `Always` means the registry's word, which cannot be had: the failStrategy applies (as in Istio).
+    assert "failed" in reason(by_url["p:latest"])
+
+
+def test_a_corrupt_cached_module_is_pulled_again(registry: Registry, tmp_path: Path) -> None:
+    registry.push("corrupt/p", "1", MODULE)
+    requests = plugin_requests(tmp_path, plugin("p", f"oci://{registry.host}/corrupt/p:1"))
+    asyncio.run(settle(new_resolver(tmp_path / "cache", registry), requests))
+    (tmp_path / "cache" / f"{MODULE_SHA256}.wasm").write_bytes(MODULE[:100])
+    after = asyncio.run(settle(new_resolver(tmp_path / "cache", registry), requests))
+    assert list(after.values()) == [ModuleReady(MODULE_SHA256, len(MODULE))]
+    assert (tmp_path / "cache" / f"{MODULE_SHA256}.wasm").read_bytes() == MODULE
+
+
+def test_unused_modules_are_purged_after_the_expiry(tmp_path: Path) -> None:
+    entries = {"used": IndexEntry("a" * 64, 1, 0.0), "old": IndexEntry("b" * 64, 1, 0.0), "new": IndexEntry("c", 1, 90)}
+    assert expired(entries, ["used"], now=100.0, expiry_seconds=50.0) == {"old"}
+
+    store = ModuleStore(tmp_path)
+    kept, dropped, recent = store.put(MODULE), store.put(OTHER_MODULE), store.put(b"\0asm\1\0\0\0")
+    now = time.time()
+    for sha256 in (kept, dropped):
+        os.utime(store.path(sha256), (now - 1000, now - 1000))
+    assert store.purge({kept}, older_than=now - 500) == [dropped]
+    assert store.has(kept) and store.has(recent) and not store.has(dropped)
+
+
+def test_the_index_survives_a_restart_and_a_corrupt_one_is_ignored(tmp_path: Path) -> None:
+    key = ModuleKey("oci://r.io/p:1", "", "default/pull")
+    ModuleIndex(tmp_path).record(key, MODULE_SHA256, len(MODULE), 5.0)
+    assert ModuleIndex(tmp_path).get(key) == IndexEntry(MODULE_SHA256, len(MODULE), 5.0)
+    assert ModuleIndex(tmp_path).get(ModuleKey("oci://r.io/p:1", "")) is None, "another namespace's secret"
+    (tmp_path / "index.json").write_text("{not json")
+    assert ModuleIndex(tmp_path).entries == {}
+
+
+def test_a_slow_download_holds_up_no_other_module_and_one_url_is_fetched_once_at_a_time(
+    registry: Registry, tmp_path: Path
+) -> None:
+    release = threading.Event()
+    active, most_active = [0], [0]
+    lock = threading.Lock()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            with lock:
+                active[0] += 1
+                most_active[0] = max(most_active[0], active[0])
+            release.wait(20)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(MODULE)))
+            self.end_headers()
+            self.wfile.write(MODULE)
+            with lock:
+                active[0] -= 1
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    registry.push("concurrent/fast", "1", MODULE)
+    slow_url = f"http://127.0.0.1:{server.server_address[1]}/slow.wasm"
+    slow_keys = [ModuleKey(slow_url, ""), ModuleKey(slow_url, MODULE_SHA256)]
+    fast_key = ModuleKey(f"oci://{registry.host}/concurrent/fast:1", "")
+
+    async def scenario() -> tuple[ModuleStatus | None, list[ModuleStatus | None], list[ModuleStatus | None]]:
+        resolver = new_resolver(tmp_path / "cache", registry)
+        resolver.require(ModuleRequest(key, False, "r") for key in [*slow_keys, fast_key])
+        for _ in range(400):  # bounded: the fast module must not wait for the slow one
+            if fast_key in resolver.statuses:
+                break
+            await asyncio.sleep(0.05)
+        while_slow = (resolver.statuses.get(fast_key), [resolver.statuses.get(k) for k in slow_keys])
+        release.set()
+        await resolver.settled()
+        return *while_slow, [resolver.statuses.get(k) for k in slow_keys]
+
+    try:
+        fast, slow_meanwhile, slow_after = asyncio.run(scenario())
+    finally:
+        release.set()
+        server.shutdown()
+    ready = ModuleReady(MODULE_SHA256, len(MODULE))
+    assert fast == ready
+    assert slow_meanwhile == [None, None]
+    assert slow_after == [ready, ready]
+    assert most_active[0] == 1, "two keys of one url were downloaded at the same time"
