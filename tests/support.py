@@ -136,9 +136,15 @@ class ControlPlaneProcess:
 
 
 def start_control_plane(
-    processes: list[Process], config_dir: Path, log_dir: Path, *extra: str, ports: tuple[int, int] | None = None
+    processes: list[Process],
+    config_dir: Path,
+    log_dir: Path,
+    *extra: str,
+    ports: tuple[int, int] | None = None,
+    until: str = "/ready",
 ) -> ControlPlaneProcess:
-    """`ports` (xDS, HTTP) start it where an earlier one ran, as a restart does."""
+    """`ports` (xDS, HTTP) start it where an earlier one ran, as a restart does; `until` is the HTTP path
+    that must answer 200 before this returns."""
     xds_port, http_port = ports or (free_port(), free_port())
     process = Process(
         f"controlplane-{len(processes)}",
@@ -160,7 +166,7 @@ def start_control_plane(
         log_dir,
     )
     processes.append(process)
-    wait_for(lambda: http_get(http_port, "/ready").status == 200, what="control plane ready")
+    wait_for(lambda: http_get(http_port, until).status == 200, what=f"control plane {until}")
     return ControlPlaneProcess(process, xds_port, http_port)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,7 +27,6 @@ from tests.support import (
     http_get,
     sidecar_yaml,
     start_control_plane,
-    wait_for,
     wasm_plugin_yaml,
     write_atomically,
 )
@@ -384,28 +382,8 @@ def test_no_proxy_is_answered_before_the_directory_and_its_modules_are_loaded(
             config={"requests_per_second": 1},
         )
     )
-    xds_port, http_port = free_port(), free_port()
-    processes.append(
-        Process(
-            "controlplane",
-            [
-                sys.executable,
-                "-m",
-                "controlplane",
-                "serve",
-                "--config-dir",
-                str(config_dir),
-                "--xds-port",
-                str(xds_port),
-                "--http-port",
-                str(http_port),
-                "--cache-dir",
-                str(tmp_path / "cache"),
-            ],
-            tmp_path,
-        )
-    )
-    wait_for(lambda: http_get(http_port, "/healthz").status == 200, what="the control plane to listen")
+    control_plane = start_control_plane(processes, config_dir, tmp_path, until="/healthz")
+    xds_port, http_port = control_plane.xds_port, control_plane.http_port
 
     async def script() -> None:
         client = Client(xds_port, "proxy-a", {"app": "a"})

@@ -39,7 +39,6 @@ SIDECAR_API_VERSIONS = frozenset(
 )
 DEFAULT_NAMESPACE = "default"
 URL_SCHEMES = ("oci://", "file://", "http://", "https://")
-HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB", ""})
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
