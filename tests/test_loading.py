@@ -813,3 +813,18 @@ def test_validate_exits_2_for_a_missing_directory(tmp_path: Path) -> None:
     result = validate(str(tmp_path / "absent"))
     assert result.returncode == 2
     assert str(tmp_path / "absent") in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("oci://ghcr.io/Acme/Filter:1", "spec.url: not an OCI image reference"),
+        ("ghcr.io/acme/filter@sha256:abc", "spec.url: not an OCI image reference"),
+        ("https:///plugin.wasm", "spec.url: has no host"),
+        ("file://", "spec.url: has no path"),
+    ],
+)
+def test_url_forms_are_checked_without_the_network(tmp_path: Path, url: str, reason: str) -> None:
+    write(tmp_path, "plugin.yaml", wasm_plugin(f"url: {url!r}"))
+    errors = [str(e) for e in load(tmp_path).errors]
+    assert len(errors) == 1 and reason in errors[0], errors

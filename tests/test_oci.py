@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.image_reference import ImageReference, InvalidReference, parse_reference
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
-from controlplane.modules.download import FetchFailed, FetchSettings
+from controlplane.modules.download import FetchSettings
 from controlplane.modules.index import IndexEntry, ModuleIndex, expired
-from controlplane.modules.oci import ImageReference, parse_reference
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
@@ -89,7 +89,7 @@ def test_references_are_read_as_istio_reads_them(url: str, expected: ImageRefere
 
 @pytest.mark.parametrize("url", ["oci://ghcr.io/Acme/filter:1", "oci://ghcr.io/acme/f@sha256:abc", "oci://h.io/a:b:c"])
 def test_bad_references_are_refused_with_the_reason(url: str) -> None:
-    with pytest.raises(FetchFailed, match="not a valid|digest must be"):
+    with pytest.raises(InvalidReference, match="not a valid|digest must be"):
         parse_reference(url)
 
 

@@ -11,10 +11,10 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
+from controlplane.image_reference import DOCKER_HUB, ImageReference, InvalidReference, parse_reference
 from controlplane.model import RegistryCredential
 from controlplane.modules.archive import unpack
 from controlplane.modules.credentials import credential_for
@@ -28,62 +28,19 @@ from controlplane.modules.image import (
     module_layer,
 )
 
-DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit
 # A gzip of an incompressible module is a little larger than the module; the cap applies after unpacking.
 _ARCHIVE_SLACK_BYTES = 1024 * 1024
-_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
-_REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-
-
-@dataclass(frozen=True)
-class ImageReference:
-    registry: str
-    """`host[:port]`; `docker.io` for Docker Hub."""
-    repository: str
-    tag: str
-    """Empty when pinned by digest alone."""
-    digest: str
-    """`sha256:<hex>` or empty."""
-
-    @property
-    def reference(self) -> str:
-        return self.digest or self.tag
-
-    def __str__(self) -> str:
-        return f"{self.registry}/{self.repository}" + (f"@{self.digest}" if self.digest else f":{self.tag}")
-
-
-def parse_reference(url: str) -> ImageReference:
-    """`oci://host[:port]/repo[:tag][@sha256:...]`, or the same without a scheme, as Istio reads it; a first
-    component without `.` or `:` (and not `localhost`) means Docker Hub."""
-    name = url.removeprefix("oci://")
-    name, _, digest = name.partition("@")
-    if digest and not _DIGEST.match(digest):
-        raise FetchFailed(f"{url}: digest must be sha256: and 64 lowercase hex characters")
-    first, slash, rest = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        registry, path = first, rest
-    else:
-        registry, path = DOCKER_HUB, name
-    tag = ""
-    if ":" in path.rsplit("/", 1)[-1]:
-        path, tag = path.rsplit(":", 1)
-    if registry == DOCKER_HUB and "/" not in path:
-        path = f"library/{path}"
-    if not _REPOSITORY.match(path):
-        raise FetchFailed(f"{url}: {path!r} is not a valid repository name")
-    if tag and not _TAG.match(tag):
-        raise FetchFailed(f"{url}: {tag!r} is not a valid tag")
-    return ImageReference(registry, path, tag or ("" if digest else "latest"), digest)
 
 
 def pull(url: str, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = ()) -> Fetched:
     """The module of an image, with the digests of the manifests it came through."""
-    image = parse_reference(url)
+    try:
+        image = parse_reference(url)
+    except InvalidReference as exc:
+        raise FetchFailed(str(exc)) from None
     registry = _Registry(image, settings, credential_for(image.registry, credentials + settings.docker_credentials))
     manifest, digest, kind = registry.manifest(image.reference)
     digests = {digest}

@@ -6,11 +6,10 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from controlplane.image_reference import InvalidReference, parse_reference
 from controlplane.model import Config, ModuleKey, PullPolicy, RegistryCredential, SourceRef, WasmPlugin
 from controlplane.modules.credentials import secret_credentials
-from controlplane.modules.download import FetchFailed
 from controlplane.modules.fetch import is_http, is_local
-from controlplane.modules.oci import parse_reference
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ def pulls_always(plugin: WasmPlugin) -> bool:
         return False
     try:
         return parse_reference(plugin.url).tag == "latest"
-    except FetchFailed:
+    except InvalidReference:
         return False
 
 

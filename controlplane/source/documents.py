@@ -6,11 +6,13 @@ import json
 import logging
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
 from controlplane.api import sidecar_pb2, wasmplugin_pb2
 from controlplane.errors import ConfigError
+from controlplane.image_reference import InvalidReference, parse_reference
 from controlplane.model import (
     EnvVar,
     FailStrategy,
@@ -147,10 +149,9 @@ def _read_wasm_plugin(
         return None, problems
     at: FieldPath = ("spec",)
 
-    if not spec.url:
-        problems.append((at + ("url",), "required"))
-    elif "://" in spec.url and not spec.url.startswith(URL_SCHEMES):
-        problems.append((at + ("url",), f"scheme must be one of {', '.join(s[:-3] for s in URL_SCHEMES)}"))
+    url_problem = _url_problem(spec.url)
+    if url_problem:
+        problems.append((at + ("url",), url_problem))
     if spec.sha256 and not _SHA256.match(spec.sha256):
         problems.append((at + ("sha256",), "must be 64 lowercase hex characters"))
     url_digest = spec.url.partition("@sha256:")[2]
@@ -234,6 +235,23 @@ def _read_wasm_plugin(
         ),
         [],
     )
+
+
+def _url_problem(url: str) -> str:
+    """What is wrong with the form of a module url, or "": what can be told without the network."""
+    if not url:
+        return "required"
+    if "://" in url and not url.startswith(URL_SCHEMES):
+        return f"scheme must be one of {', '.join(s[:-3] for s in URL_SCHEMES)}"
+    if url.startswith(("http://", "https://")):
+        return "" if urllib.parse.urlsplit(url).hostname else "has no host"
+    if url.startswith("file://"):
+        return "" if url.removeprefix("file://") else "has no path"
+    try:
+        parse_reference(url)
+    except InvalidReference as exc:
+        return f"not an OCI image reference: {exc}"
+    return ""
 
 
 def _resolve_file_url(url: str, document_path: str) -> str:
