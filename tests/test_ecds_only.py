@@ -9,8 +9,11 @@ import pytest
 import yaml
 
 from tests.support import (
+    ORDER_MARKER_WASM,
     RATELIMIT_WASM,
     REPO,
+    ControlPlaneProcess,
+    EnvoyProcess,
     Process,
     burst,
     free_port,
@@ -19,6 +22,7 @@ from tests.support import (
     start_control_plane,
     wait_for,
     wasm_plugin_yaml,
+    write_atomically,
 )
 
 EXAMPLE = REPO / "envoy" / "bootstrap-ecds-only.yaml"
@@ -30,23 +34,20 @@ def _socket(bootstrap: dict[str, Any], cluster: str) -> dict[str, Any]:
     return endpoint["address"]["socket_address"]
 
 
-@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
-def test_example_bootstrap_takes_the_plugin_over_ecds(
-    api_type: str, tmp_path: Path, httpbin_port: int, processes: list[Process]
-) -> None:
-    config_dir = tmp_path / "config"
-    config_dir.mkdir()
-    (config_dir / "ratelimit.yaml").write_text(
-        wasm_plugin_yaml(
-            "ratelimit",
-            f"file://{RATELIMIT_WASM}",
-            selector={"app": "httpbin"},
-            plugin_name="ratelimit",
-            config={"requests_per_second": 2},
-        )
+def plugin(url: Path) -> str:
+    return wasm_plugin_yaml(
+        "ratelimit",
+        f"file://{url}",
+        selector={"app": "httpbin"},
+        plugin_name="ratelimit",
+        config={"requests_per_second": 2, "name": "marker"},
     )
-    control_plane = start_control_plane(processes, config_dir, tmp_path)
 
+
+def start_ecds_only_envoy(
+    processes: list[Process], tmp_path: Path, control_plane: ControlPlaneProcess, httpbin_port: int, api_type: str
+) -> tuple[EnvoyProcess, int]:
+    """The committed example, pointed at this test's ports."""
     bootstrap = yaml.safe_load(EXAMPLE.read_text())
     listener = bootstrap["static_resources"]["listeners"][0]
     listen_port = free_port()
@@ -57,11 +58,39 @@ def test_example_bootstrap_takes_the_plugin_over_ecds(
     _socket(bootstrap, "xds-grpc")["port_value"] = control_plane.xds_port
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"][0]["config_discovery"]["config_source"]["api_config_source"]["api_type"] = api_type
+    return run_envoy(processes, tmp_path, "ecds-only", bootstrap), listen_port
 
-    envoy = run_envoy(processes, tmp_path, "ecds-only", bootstrap)
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_example_bootstrap_takes_the_plugin_over_ecds(
+    api_type: str, tmp_path: Path, httpbin_port: int, processes: list[Process]
+) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "ratelimit.yaml").write_text(plugin(RATELIMIT_WASM))
+    control_plane = start_control_plane(processes, config_dir, tmp_path)
+    envoy, listen_port = start_ecds_only_envoy(processes, tmp_path, control_plane, httpbin_port, api_type)
+
     wait_for(lambda: "who-am-i" in http_get(listen_port).headers, what="the plugin over ECDS")
     assert "extensions.istio.io/wasmplugin/default.ratelimit" in envoy.extension_configs()
     wait_for(lambda: [r.status for r in burst(listen_port, 3)][-1] == 429, what="the rate limit to bite")
     [connection] = control_plane.status("proxies")
     assert connection["protocol"] == ("delta" if api_type == "DELTA_GRPC" else "sotw")
     assert list(connection["types"]) == ["type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"]
+
+
+def test_with_local_delivery_a_new_module_applies_to_a_listener_that_never_warms_again(
+    tmp_path: Path, httpbin_port: int, processes: list[Process]
+) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "ratelimit.yaml").write_text(plugin(RATELIMIT_WASM))
+    control_plane = start_control_plane(processes, config_dir, tmp_path, "--module-delivery", "local")
+    envoy, listen_port = start_ecds_only_envoy(processes, tmp_path, control_plane, httpbin_port, "GRPC")
+    wait_for(lambda: "who-am-i" in http_get(listen_port).headers, what="the first module")
+
+    write_atomically(config_dir / "ratelimit.yaml", plugin(ORDER_MARKER_WASM))
+    wait_for(lambda: http_get(listen_port).headers.get("x-plugin-order") == "marker", what="the new module")
+    code = envoy.extension_configs()["extensions.istio.io/wasmplugin/default.ratelimit"]["config"]["vm_config"]
+    assert code["code"]["local"]["filename"].startswith(str(tmp_path / "cache"))
+    assert "who-am-i" not in http_get(listen_port).headers
