@@ -439,3 +439,25 @@ def test_two_replicas_on_one_directory_send_the_same_versions(
         assert len(set(first.values())) == 3
 
     asyncio.run(script())
+
+
+def test_delta_nack_of_the_first_of_two_responses_of_a_type_is_recorded(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    async def script(client: Client) -> None:
+        for type_url in (CLUSTER, LISTENER):
+            client.send_delta(type_url)
+            client.send_delta(type_url, nonce=(await client.receive()).nonce)
+        (tmp_path / "config" / "sidecars.yaml").write_text(sidecar_yaml("a", free_port(), free_port(), {"app": "a"}))
+        added, listeners, removed = [await client.receive() for _ in range(3)]
+        assert [r.type_url for r in (added, listeners, removed)] == [CLUSTER, LISTENER, CLUSTER]
+        assert listeners.resources and listeners.removed_resources, "a listener's add and removal go together"
+        client.send_delta(CLUSTER, nonce=added.nonce, error="cluster rejected")
+        client.send_delta(LISTENER, nonce=listeners.nonce)
+        client.send_delta(CLUSTER, nonce=removed.nonce)
+        assert await client.nothing_arrives()
+        state = control_plane.status("proxies")[0]["types"][CLUSTER]
+        assert state["error"] == "cluster rejected"
+        assert state["rejected"] == added.system_version_info
+
+    run(control_plane, script, "a", delta=True)

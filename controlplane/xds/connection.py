@@ -3,15 +3,30 @@ sent and what it answered. The admin view shows this."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+log = logging.getLogger(__name__)
 
 
 class InvalidNode(ValueError):
     """The node of a stream's first request does not say which resources it should get."""
+
+
+@dataclass(frozen=True)
+class Outstanding:
+    """A response the proxy has not answered yet."""
+
+    version: str
+    names: frozenset[str]
+    """The resources it carried, updated or removed."""
+
+
+MAX_OUTSTANDING = 16
+"""Answers to older responses than this are dropped: a proxy answers every response, in order."""
 
 
 @dataclass
@@ -24,9 +39,18 @@ class TypeState:
     acked_version: str = ""
     rejected_version: str = ""
     error: str = ""
-    """The error_detail of the last NACK, cleared by the next ACK."""
+    """The error_detail of the last NACK, cleared once every resource it rejected was accepted since."""
     known: dict[str, str] = field(default_factory=dict)
     """Name to version of every resource the proxy holds, as far as the server knows (delta)."""
+    outstanding: dict[str, Outstanding] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    """Resource name to the error of the NACK that rejected it, until a later response with it is ACKed."""
+
+    def sending(self, nonce: str, version: str, names: frozenset[str]) -> None:
+        self.nonce, self.sent_version = nonce, version
+        self.outstanding[nonce] = Outstanding(version, names)
+        while len(self.outstanding) > MAX_OUTSTANDING:
+            del self.outstanding[next(iter(self.outstanding))]
 
 
 @dataclass
@@ -38,13 +62,31 @@ class Connection(Generic[K]):
     connected_at: float
     types: dict[str, TypeState] = field(default_factory=dict)
 
-    def record_reply(self, type_url: str, version: str, error: str | None) -> bool:
-        """Records an ACK (error None) or NACK of the latest response; True when this NACK is new, so that
-        a proxy that keeps rejecting the same thing is logged once."""
+    def record_reply(self, type_url: str, nonce: str, error: str | None) -> str | None:
+        """Records the ACK (error None) or NACK of the response with `nonce`, any of those not answered yet:
+        when a push sends two responses of one type, the first may be rejected and the second accepted.
+        Returns the rejected version when this NACK is news, so that a proxy that keeps rejecting the same
+        thing is logged once."""
         state = self.types[type_url]
+        answered = state.outstanding.pop(nonce, None)
+        if answered is None:
+            return None
         if error is None:
-            state.acked_version, state.error = version, ""
-            return False
-        new = (state.rejected_version, state.error) != (state.sent_version, error)
-        state.rejected_version, state.error = state.sent_version, error
-        return new
+            state.acked_version = answered.version
+            for name in answered.names:
+                state.rejected.pop(name, None)
+            if not state.rejected:
+                state.error = ""
+            return None
+        news = (state.rejected_version, state.error) != (answered.version, error)
+        state.rejected.update(dict.fromkeys(answered.names, error))
+        state.rejected_version, state.error = answered.version, error
+        return answered.version if news else None
+
+
+def log_rejection(connection: Connection[Any], type_url: str, nonce: str, error: str | None) -> None:
+    rejected = connection.record_reply(type_url, nonce, error)
+    if rejected is not None:
+        log.warning(
+            "proxy %s rejected %s version %s: %s", connection.node_id, type_url.rsplit(".", 1)[-1], rejected, error
+        )

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.xds.connection import Connection, TypeState
+from controlplane.xds.connection import Connection, TypeState, log_rejection
 from controlplane.xds.snapshot import (
     EXTENSION_CONFIG,
     PUSH_ORDER,
+    REFERENCED_TYPES,
     WILDCARD_TYPES,
     Resource,
     Snapshot,
 )
 
-log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 
 WILDCARD = "*"
@@ -35,16 +34,9 @@ class DeltaProtocol(Generic[K]):
         type_url = request.type_url
         first = type_url not in self._connection.types
         state = self._connection.types.setdefault(type_url, TypeState(names=frozenset()))
-        if request.response_nonce and request.response_nonce == state.nonce:
+        if request.response_nonce:
             error = request.error_detail.message if request.HasField("error_detail") else None
-            if self._connection.record_reply(type_url, state.sent_version, error):
-                log.warning(
-                    "proxy %s rejected %s version %s: %s",
-                    self._connection.node_id,
-                    type_url.rsplit(".", 1)[-1],
-                    state.sent_version,
-                    error,
-                )
+            log_rejection(self._connection, type_url, request.response_nonce, error)
         # Unlike acknowledgements, subscription changes count even on a request with a stale nonce.
         names = set(state.names or ())
         wildcard = state.names is None
@@ -66,10 +58,16 @@ class DeltaProtocol(Generic[K]):
     def on_change(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         types = self._connection.types
         ordered = [*PUSH_ORDER, *sorted(set(types) - set(PUSH_ORDER))]
-        # Make before break: what a listener uses is added before the listener and removed after it.
-        responses = [r for t in ordered if t in types for r in self._updates(t, types[t], include_removals=False)]
+        # Make before break: what a listener uses is added before the listener and removed after it; a
+        # listener's own additions and removals go in one response.
+        responses = [
+            r
+            for t in ordered
+            if t in types
+            for r in self._updates(t, types[t], include_removals=t not in REFERENCED_TYPES)
+        ]
         for type_url in reversed(ordered):
-            if type_url in types:
+            if type_url in types and type_url in REFERENCED_TYPES:
                 responses += self._updates(type_url, types[type_url], include_removals=True)
         return responses
 
@@ -95,8 +93,7 @@ class DeltaProtocol(Generic[K]):
             state.known[resource.name] = resource.version
         for name in removed:
             del state.known[name]
-        state.nonce = str(next(self._nonces))
-        state.sent_version = available.version
+        state.sending(str(next(self._nonces)), available.version, frozenset([r.name for r in changed] + removed))
         return [
             discovery_pb2.DeltaDiscoveryResponse(
                 system_version_info=available.version,

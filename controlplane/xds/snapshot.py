@@ -19,6 +19,9 @@ WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 PUSH_ORDER = (CLUSTER, EXTENSION_CONFIG, LISTENER)
 """Make before break: what a listener refers to goes out before the listener."""
 
+REFERENCED_TYPES = frozenset({CLUSTER, EXTENSION_CONFIG})
+"""Types whose resources listeners refer to: removed only after the listeners that stopped using them."""
+
 
 def _digest(parts: Iterable[bytes]) -> str:
     digest = hashlib.sha256()

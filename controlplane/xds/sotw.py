@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.xds.connection import Connection, TypeState
+from controlplane.xds.connection import Connection, TypeState, log_rejection
 from controlplane.xds.snapshot import CLUSTER, EMPTY, PUSH_ORDER, WILDCARD_TYPES, Resources, Snapshot
 
-log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 
 
@@ -26,18 +24,11 @@ class SotwProtocol(Generic[K]):
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
         state = self._connection.types.setdefault(request.type_url, TypeState())
-        if request.response_nonce and request.response_nonce != state.nonce:
-            return []  # answers a response that a newer one has replaced: the protocol says ignore it
         if request.response_nonce:
             error = request.error_detail.message if request.HasField("error_detail") else None
-            if self._connection.record_reply(request.type_url, request.version_info, error):
-                log.warning(
-                    "proxy %s rejected %s version %s: %s",
-                    self._connection.node_id,
-                    _short(request.type_url),
-                    state.sent_version,
-                    error,
-                )
+            log_rejection(self._connection, request.type_url, request.response_nonce, error)
+            if request.response_nonce != state.nonce:
+                return []  # answers a response that a newer one has replaced: the protocol says ignore it
         names = frozenset(request.resource_names)
         wildcard = request.type_url in WILDCARD_TYPES and (not names or "*" in names)
         subscription = None if wildcard else names
@@ -90,8 +81,7 @@ class SotwProtocol(Generic[K]):
             # Envoy takes an empty answer to a named subscription as a config with no resource and rejects
             # it; a name that does not exist yet is answered when it appears.
             return []
-        state.nonce = str(next(self._nonces))
-        state.sent_version = resources.version
+        state.sending(str(next(self._nonces)), resources.version, frozenset(resources.items))
         self._sent[type_url] = resources
         return [
             discovery_pb2.DiscoveryResponse(
