@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ import grpc
 
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpServer
-from controlplane.model import ModuleFailed, ModuleReady, ProxyClass
+from controlplane.model import ModuleFailed, ModuleReady, ModuleStatus, PluginType, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings
@@ -24,7 +25,8 @@ from controlplane.source.directory import LoadedDirectory, load_directory
 from controlplane.source.settle import SettleSettings, git_busy, settle
 from controlplane.source.status import file_status
 from controlplane.source.watcher import WRITE_GRACE_SECONDS, DirectoryWatcher
-from controlplane.translate.resources import TranslateSettings, translate
+from controlplane.translate.resources import TranslateSettings, ecds_name, translate
+from controlplane.translate.selection import select_plugins
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import DiscoveryServer
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snapshot
@@ -63,6 +65,9 @@ class ControlPlane:
         self._reload_wanted = asyncio.Event()
         self._reported: set[ConfigError] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._standalone_plugins: dict[ProxyClass, dict[str, PluginType]] = {}
+        """Per proxy class on the extension-config service alone, every plugin it was sent: one that goes away
+        gets a pass-through config, as its listener keeps naming it."""
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._watcher = DirectoryWatcher(list(self.settings.config_dirs), self._reload_wanted.set)
@@ -125,10 +130,28 @@ class ControlPlane:
         self._rebuild()
 
     def snapshot_for(self, proxy: ProxyClass) -> Snapshot:
-        resources = translate(self.loaded.config, proxy, self.modules.statuses, self.settings.translate)
+        statuses = self.modules.statuses
+        inline: dict[str, bytes] = {}
+        retired: dict[str, PluginType] = {}
+        if proxy.standalone_ecds:
+            plugins = select_plugins(self.loaded.config, proxy, self.settings.translate.root_namespace)
+            if self.settings.translate.module_delivery == "remote":
+                inline = self._module_bytes(statuses.get(p.module) for p in plugins)
+            sent = self._standalone_plugins.setdefault(proxy, {})
+            current = {ecds_name(p) for p in plugins}
+            retired = {name: plugin_type for name, plugin_type in sent.items() if name not in current}
+            sent.update({ecds_name(p): p.type for p in plugins})
+        resources = translate(
+            self.loaded.config, proxy, statuses, self.settings.translate, inline_modules=inline, retired=retired
+        )
         return Snapshot.of(
             {CLUSTER: resources.clusters, LISTENER: resources.listeners, EXTENSION_CONFIG: resources.extension_configs}
         )
+
+    def _module_bytes(self, statuses: Iterable[ModuleStatus | None]) -> dict[str, bytes]:
+        """The verified modules, read from the store: small enough to read on the loop in the sizes Wasm
+        modules come in, and only for proxies on the extension-config service alone."""
+        return {s.sha256: self.store.path(s.sha256).read_bytes() for s in statuses if isinstance(s, ModuleReady)}
 
     def _build_first(self, proxy: ProxyClass) -> None:
         self.cache.set(proxy, self.snapshot_for(proxy))

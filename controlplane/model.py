@@ -180,10 +180,13 @@ class ProxyClass:
 
     namespace: str
     labels: Labels
+    standalone_ecds: bool = False
+    """Connected to the extension-config service alone: its listeners are its own and never warm again, so
+    Envoy would never fetch remote code for it; it gets its modules inline."""
 
     def __str__(self) -> str:
         labels = ",".join(f"{k}={v}" for k, v in self.labels)
-        return f"{self.namespace}/{{{labels}}}"
+        return f"{self.namespace}/{{{labels}}}" + (" (ECDS only)" if self.standalone_ecds else "")
 
 
 @dataclass(frozen=True)

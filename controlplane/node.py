@@ -10,8 +10,9 @@ from controlplane.xds.connection import InvalidNode
 DEFAULT_NAMESPACE = "default"
 
 
-def proxy_class(node: base_pb2.Node) -> ProxyClass:
-    """From `node.metadata`: NAMESPACE (a string) and LABELS (a map of strings)."""
+def proxy_class(node: base_pb2.Node, standalone_ecds: bool = False) -> ProxyClass:
+    """From `node.metadata`: NAMESPACE (a string) and LABELS (a map of strings); `standalone_ecds` for a
+    stream of the extension-config service rather than ADS."""
     fields = node.metadata.fields
     namespace = DEFAULT_NAMESPACE
     if "NAMESPACE" in fields:
@@ -28,4 +29,4 @@ def proxy_class(node: base_pb2.Node) -> ProxyClass:
             if label.WhichOneof("kind") != "string_value":
                 raise InvalidNode(f"node {node.id!r}: metadata.LABELS.{key} must be a string")
             labels[key] = label.string_value
-    return ProxyClass(namespace, labels_from(labels))
+    return ProxyClass(namespace, labels_from(labels), standalone_ecds)

@@ -79,18 +79,39 @@ def test_example_bootstrap_takes_the_plugin_over_ecds(
     assert list(connection["types"]) == ["type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"]
 
 
-def test_with_local_delivery_a_new_module_applies_to_a_listener_that_never_warms_again(
-    tmp_path: Path, httpbin_port: int, processes: list[Process]
+@pytest.mark.parametrize("delivery", ["remote", "local"])
+def test_a_new_module_applies_to_a_listener_that_never_warms_again(
+    delivery: str, tmp_path: Path, httpbin_port: int, processes: list[Process]
 ) -> None:
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "ratelimit.yaml").write_text(plugin(RATELIMIT_WASM))
-    control_plane = start_control_plane(processes, config_dir, tmp_path, "--module-delivery", "local")
+    control_plane = start_control_plane(processes, config_dir, tmp_path, "--module-delivery", delivery)
     envoy, listen_port = start_ecds_only_envoy(processes, tmp_path, control_plane, httpbin_port, "GRPC")
     wait_for(lambda: "who-am-i" in http_get(listen_port).headers, what="the first module")
 
     write_atomically(config_dir / "ratelimit.yaml", plugin(ORDER_MARKER_WASM))
     wait_for(lambda: http_get(listen_port).headers.get("x-plugin-order") == "marker", what="the new module")
     code = envoy.extension_configs()["extensions.istio.io/wasmplugin/default.ratelimit"]["config"]["vm_config"]
-    assert code["code"]["local"]["filename"].startswith(str(tmp_path / "cache"))
+    if delivery == "local":
+        assert code["code"]["local"]["filename"].startswith(str(tmp_path / "cache"))
+    else:
+        # Envoy fetches remote code only while a listener warms, which a listener of its own never does again.
+        assert "inline_bytes" in code["code"]["local"]
     assert "who-am-i" not in http_get(listen_port).headers
+
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_a_deleted_plugin_stops_running_on_a_listener_that_still_names_it(
+    api_type: str, tmp_path: Path, httpbin_port: int, processes: list[Process]
+) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "ratelimit.yaml").write_text(plugin(RATELIMIT_WASM))
+    control_plane = start_control_plane(processes, config_dir, tmp_path)
+    _, listen_port = start_ecds_only_envoy(processes, tmp_path, control_plane, httpbin_port, api_type)
+    wait_for(lambda: "who-am-i" in http_get(listen_port).headers, what="the plugin")
+
+    (config_dir / "ratelimit.yaml").unlink()
+    wait_for(lambda: "who-am-i" not in http_get(listen_port).headers, what="the plugin to stop")
+    assert [r.status for r in burst(listen_port, 5)] == [200] * 5

@@ -570,3 +570,32 @@ def test_a_module_becoming_ready_changes_the_snapshot_version() -> None:
     assert snapshot_version(plugins, pending) != snapshot_version(plugins)
     failed = {**ready(*plugins), plugins[1].module: ModuleFailed("unreachable")}
     assert snapshot_version(plugins, failed) != snapshot_version(plugins)
+
+
+def test_inline_modules_are_sent_inside_the_config() -> None:
+    p = plugin("inline")
+    config = Config(plugins=(p,), sidecars=(sidecar("web"),))
+    modules = ready(p)
+    sha256 = next(iter(modules.values())).sha256  # type: ignore[union-attr]
+    resources = translate(config, proxy(), modules, SETTINGS, inline_modules={sha256: b"\0asm module"})
+    [extension] = resources.extension_configs
+    code = unpack(extension.typed_config, http_wasm_pb2.Wasm).config.vm_config.code  # type: ignore[attr-defined]
+    assert code.WhichOneof("specifier") == "local"
+    assert code.local.inline_bytes == b"\0asm module"
+
+
+def test_retired_plugins_get_a_pass_through_config() -> None:
+    resources = translate(
+        Config(),
+        proxy(),
+        {},
+        SETTINGS,
+        retired={
+            "extensions.istio.io/wasmplugin/default.gone": PluginType.HTTP,
+            "extensions.istio.io/wasmplugin/default.tcp": PluginType.NETWORK,
+        },
+    )
+    by_name = {c.name: c.typed_config for c in resources.extension_configs}
+    http_filter = unpack(by_name["extensions.istio.io/wasmplugin/default.gone"], http_rbac_pb2.RBAC)
+    network_filter = unpack(by_name["extensions.istio.io/wasmplugin/default.tcp"], network_rbac_pb2.RBAC)
+    assert not http_filter.HasField("rules") and not network_filter.HasField("rules")  # type: ignore[attr-defined]

@@ -85,7 +85,11 @@ def translate(
     proxy: ProxyClass,
     modules: Mapping[ModuleKey, ModuleStatus],
     settings: TranslateSettings,
+    inline_modules: Mapping[str, bytes] | None = None,
+    retired: Mapping[str, PluginType] | None = None,
 ) -> ProxyResources:
+    """`inline_modules` (module bytes by sha256) are sent inside the configs instead of fetched by Envoy;
+    `retired` names plugins this proxy was sent and that are gone, which then let every request through."""
     sidecar = select_sidecar(config, proxy, settings.root_namespace)
     ports = sidecar.ingress if sidecar else ()
     # Every selected plugin gets its config, used by a listener here or not: a proxy with listeners of
@@ -100,9 +104,10 @@ def translate(
             _mark_modules(listener, [modules.get(p.module) for p in used])
     extension_configs = [
         config_
-        for config_ in (_extension_config(p, modules.get(p.module), settings) for p in plugins)
+        for config_ in (_extension_config(p, modules.get(p.module), settings, inline_modules or {}) for p in plugins)
         if config_ is not None
     ]
+    extension_configs += [pass_through(name, plugin_type) for name, plugin_type in sorted((retired or {}).items())]
     return ProxyResources(tuple(clusters), tuple(listeners), tuple(extension_configs))
 
 
@@ -186,14 +191,14 @@ def _discovery(type_urls: tuple[str, ...]) -> config_source_pb2.ExtensionConfigS
 
 
 def _extension_config(
-    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings
+    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, inline_modules: Mapping[str, bytes]
 ) -> extension_pb2.TypedExtensionConfig | None:
     """None while the module is still being fetched: the listener then waits for this config."""
     if status is None:
         return None
     config = extension_pb2.TypedExtensionConfig(name=ecds_name(plugin))
     if isinstance(status, ModuleReady):
-        plugin_config = _plugin_config(plugin, status, settings)
+        plugin_config = _plugin_config(plugin, status, settings, inline_modules.get(status.sha256))
         filter_config: Message = (
             http_wasm_pb2.Wasm(config=plugin_config)
             if plugin.type == PluginType.HTTP
@@ -216,6 +221,19 @@ def stand_in_filter(plugin: WasmPlugin, status: ModuleFailed) -> Message:
     return network_rbac_pb2.RBAC(rules=rules, stat_prefix=prefix)
 
 
+def pass_through(name: str, plugin_type: PluginType) -> extension_pb2.TypedExtensionConfig:
+    """The config of a plugin that is gone, for a listener that still names it: lets every request through.
+    (A listener from this server drops the filter instead.)"""
+    config = extension_pb2.TypedExtensionConfig(name=name)
+    filter_config = (
+        http_rbac_pb2.RBAC(rules_stat_prefix="wasm-removed")
+        if plugin_type == PluginType.HTTP
+        else network_rbac_pb2.RBAC(stat_prefix="wasm-removed")
+    )
+    config.typed_config.Pack(filter_config, deterministic=True)
+    return config
+
+
 _FAILURE_POLICIES = {
     FailStrategy.FAIL_CLOSE: wasm_pb2.FAIL_CLOSED,
     FailStrategy.FAIL_OPEN: wasm_pb2.FAIL_OPEN,
@@ -223,8 +241,12 @@ _FAILURE_POLICIES = {
 }
 
 
-def _plugin_config(plugin: WasmPlugin, module: ModuleReady, settings: TranslateSettings) -> wasm_pb2.PluginConfig:
-    if settings.module_delivery == "local":
+def _plugin_config(
+    plugin: WasmPlugin, module: ModuleReady, settings: TranslateSettings, inline: bytes | None
+) -> wasm_pb2.PluginConfig:
+    if inline is not None:
+        code = base_pb2.AsyncDataSource(local=base_pb2.DataSource(inline_bytes=inline))
+    elif settings.module_delivery == "local":
         code = base_pb2.AsyncDataSource(
             local=base_pb2.DataSource(filename=f"{settings.local_module_dir.rstrip('/')}/{module.sha256}.wasm")
         )

@@ -36,7 +36,11 @@ class StreamProtocol(Protocol):
 
 
 class DiscoveryServer(Generic[K]):
-    def __init__(self, cache: SnapshotCache[K], node_key: Callable[[base_pb2.Node], K], ready: asyncio.Event) -> None:
+    def __init__(
+        self, cache: SnapshotCache[K], node_key: Callable[[base_pb2.Node, bool], K], ready: asyncio.Event
+    ) -> None:
+        """`node_key(node, standalone_ecds)` says which snapshot a stream gets; `standalone_ecds` is true on the
+        extension-config service."""
         self._cache = cache
         self._node_key = node_key
         self._ready = ready
@@ -57,6 +61,7 @@ class DiscoveryServer(Generic[K]):
         protocol: str,
         only_type: str | None = None,
     ) -> AsyncIterator[Any]:
+        """`only_type`: the stream is the extension-config service, which serves that type alone."""
         inbox: asyncio.Queue[object] = asyncio.Queue()
         reader = asyncio.create_task(_pump(requests, inbox))
         stream_id = id(inbox)
@@ -66,7 +71,7 @@ class DiscoveryServer(Generic[K]):
             if first is _CLOSED:
                 return
             try:
-                key = self._node_key(first.node)  # type: ignore[attr-defined]
+                key = self._node_key(first.node, only_type is not None)  # type: ignore[attr-defined]
             except InvalidNode as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 return
