@@ -25,7 +25,7 @@ from controlplane.source.directory import LoadedDirectory, load_directory
 from controlplane.source.settle import SettleSettings, git_busy, settle
 from controlplane.source.status import file_status
 from controlplane.source.watcher import WRITE_GRACE_SECONDS, DirectoryWatcher
-from controlplane.translate.resources import TranslateSettings, ecds_name, translate
+from controlplane.translate.resources import TranslateSettings, ecds_name, host_for_url, translate
 from controlplane.translate.selection import select_plugins
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import DiscoveryServer
@@ -76,7 +76,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         self._grpc = grpc.aio.server()
         self.xds.register(self._grpc)
-        self.xds_port = self._grpc.add_insecure_port(f"{_host(self.settings.host)}:{self.settings.xds_port}")
+        self.xds_port = self._grpc.add_insecure_port(f"{host_for_url(self.settings.host)}:{self.settings.xds_port}")
         self._http = HttpServer(
             self.settings.host,
             self.settings.http_port,
@@ -268,10 +268,6 @@ def _metric_lines(name: str, help_text: str, samples: dict[str, float], label: s
         labels = f'{{{label}="{key}"}}' if label else ""
         lines.append(f"{name}{labels} {value:g}")
     return lines
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 async def serve(settings: ServeSettings) -> None:

@@ -1,8 +1,8 @@
 """What a change to the config directory does to each kind of proxy: which plugins it gains, loses or
 changes, and how the filter order of each listener moves. What a reviewer wants to see on a pull request.
 
-Pure over two `Config`s (only `compare_as_declared` reads local module files): modules are not fetched, plugins are compared by what they declare (url, sha256,
-pluginConfig and the rest). A `file://` module inside the directory is compared by its path relative to
+Pure over two `Config`s (only `compare_in_checkout` reads local module files): modules are not fetched,
+plugins are compared by what they declare (url, sha256, pluginConfig and the rest). A `file://` module inside the directory is compared by its path relative to
 the directory and by the digest of its content, which the caller supplies."""
 
 from __future__ import annotations

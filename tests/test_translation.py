@@ -599,3 +599,14 @@ def test_retired_plugins_get_a_pass_through_config() -> None:
     http_filter = unpack(by_name["extensions.istio.io/wasmplugin/default.gone"], http_rbac_pb2.RBAC)
     network_filter = unpack(by_name["extensions.istio.io/wasmplugin/default.tcp"], network_rbac_pb2.RBAC)
     assert not http_filter.HasField("rules") and not network_filter.HasField("rules")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "address"),
+    [("0.0.0.0:9000", "127.0.0.1"), ("[::]:9000", "::1"), ("[fd00::5]:9000", "fd00::5"), ("10.1.2.3:9000", "10.1.2.3")],
+)
+def test_an_unspecified_default_endpoint_means_the_workload_beside_the_proxy(endpoint: str, address: str) -> None:
+    resources = render([], [sidecar("web", ports=(port(8080, endpoint=endpoint),))])
+    upstream = next(c for c in resources.clusters if c.name == "inbound|8080||")
+    socket = upstream.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (socket.address, socket.port_value) == (address, 9000)

@@ -254,7 +254,7 @@ def _plugin_config(
         code = base_pb2.AsyncDataSource(
             remote=base_pb2.RemoteDataSource(
                 http_uri=http_uri_pb2.HttpUri(
-                    uri=f"http://{_host_for_url(settings.module_host)}:{settings.module_port}{module_path(module.sha256)}",
+                    uri=f"http://{host_for_url(settings.module_host)}:{settings.module_port}{module_path(module.sha256)}",
                     cluster=MODULE_CLUSTER,
                     timeout=duration_pb2.Duration(seconds=30),
                 ),
@@ -299,9 +299,9 @@ def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
         return _cluster(upstream_cluster_name(port), address, cluster_pb2.Cluster.STATIC)
     host, _, port_text = endpoint.rpartition(":")
     host = host.strip("[]")
-    # `0.0.0.0:PORT` means "the workload's own address" in Istio; beside the workload that is loopback.
-    if host == "0.0.0.0":
-        host = "127.0.0.1"
+    # `0.0.0.0:PORT` (or `[::]:PORT`) means "the workload's own address" in Istio; beside the workload that
+    # is loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return _endpoint_cluster(upstream_cluster_name(port), host, int(port_text))
 
 
@@ -340,5 +340,6 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _host_for_url(host: str) -> str:
+def host_for_url(host: str) -> str:
+    """A host as it goes before `:PORT`: IPv6 addresses in brackets."""
     return f"[{host}]" if ":" in host else host
