@@ -16,13 +16,13 @@ import pytest
 import controlplane.app
 from controlplane.app import ControlPlane, ServeSettings
 from controlplane.source.directory import LoadedDirectory
-from tests.support import Process, free_port, start_control_plane, wait_for, wasm_plugin_yaml
+from tests.support import ORDER_MARKER_WASM, Process, free_port, start_control_plane, wait_for, wasm_plugin_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def plugin(name: str, priority: int) -> str:
-    return wasm_plugin_yaml(name, "oci://example.com/x:1", priority=priority)
+    return wasm_plugin_yaml(name, f"file://{ORDER_MARKER_WASM}", priority=priority)
 
 
 def serving_source(status: dict[str, Any], name: str) -> str:
