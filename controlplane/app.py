@@ -22,6 +22,7 @@ from controlplane.modules.resolver import ModuleResolver, ResolverSettings
 from controlplane.modules.store import ModuleStore
 from controlplane.node import proxy_class
 from controlplane.source.directory import LoadedDirectory, load_directory
+from controlplane.source.serving_record import read_record, record_of, write_record
 from controlplane.source.settle import SettleSettings, git_busy, settle
 from controlplane.source.status import file_status
 from controlplane.source.watcher import WRITE_GRACE_SECONDS, DirectoryWatcher
@@ -64,6 +65,8 @@ class ControlPlane:
         self.xds = DiscoveryServer(self.cache, proxy_class, self.ready)
         self._reload_wanted = asyncio.Event()
         self._reported: set[ConfigError] = set()
+        self._reload_lock = asyncio.Lock()
+        self._serving_record = read_record(self.settings.cache_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._standalone_plugins: dict[ProxyClass, dict[str, PluginType]] = {}
         """Per proxy class on the extension-config service alone, every plugin it was sent: one that goes away
@@ -89,7 +92,7 @@ class ControlPlane:
         self._http.start()
         await self._grpc.start()
         self._watcher.start(loop)
-        self.reload()
+        await self.reload()
         # Proxies get nothing until the directory is loaded and its modules settled, so that none is
         # ever sent a partial config.
         try:
@@ -118,16 +121,35 @@ class ControlPlane:
         if self._http is not None:
             self._http.stop()
 
-    def reload(self) -> None:
-        # Watch where the roots lead now (a symlink swap or a replaced folder moves them) before reading.
-        self._watcher.refresh()
-        self.loaded = load_directory(list(self.settings.config_dirs), self.loaded, self._watcher.writes_in_progress())
-        errors = set(self.loaded.errors)
-        for error in sorted(errors - self._reported):
-            log.error("%s", error)
-        self._reported = errors
+    async def reload(self) -> None:
+        async with self._reload_lock:  # each load starts from the one before it
+            # Watch where the roots lead now (a symlink swap or a replaced folder moves them) before reading.
+            self._watcher.refresh()
+            # Reading and parsing every changed file can take long: in a worker, so that no xDS stream stalls.
+            self.loaded = await asyncio.to_thread(self._load, self.loaded, self._watcher.writes_in_progress())
+        self._report(self.loaded.errors, self.loaded.warnings)
         self.modules.require(module_requests(self.loaded.config))
         self._rebuild()
+
+    def _load(self, previous: LoadedDirectory, being_written: frozenset[str]) -> LoadedDirectory:
+        """On a worker thread: touches no state of the event loop's."""
+        loaded = load_directory(list(self.settings.config_dirs), previous, being_written, self._serving_record)
+        record = record_of(loaded.served)
+        if record != self._serving_record:
+            try:
+                write_record(self.settings.cache_dir, record)
+            except OSError as exc:
+                log.warning("cannot record which files serve: %s", exc)
+            self._serving_record = record
+        return loaded
+
+    def _report(self, errors: tuple[ConfigError, ...], warnings: tuple[ConfigError, ...]) -> None:
+        """Each error and warning is logged once, when it first appears."""
+        for error in sorted(set(errors) - self._reported):
+            log.error("%s", error)
+        for warning in sorted(set(warnings) - self._reported):
+            log.warning("%s", warning)
+        self._reported = set(errors) | set(warnings)
 
     def snapshot_for(self, proxy: ProxyClass) -> Snapshot:
         statuses = self.modules.statuses
@@ -173,7 +195,7 @@ class ControlPlane:
                 pass
             await settle(self._reload_wanted, self.settings.settle, lambda: git_busy(roots))
             try:
-                self.reload()
+                await self.reload()
             except Exception:  # a bug in one reload must not stop the server from taking the next
                 log.exception("reload failed; still serving the previous config")
 

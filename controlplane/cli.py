@@ -23,7 +23,7 @@ from controlplane.modules.fetch import FetchSettings
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.render import resources_as_dict, to_yaml
-from controlplane.source.directory import load_directory
+from controlplane.source.directory import load_directory, missing_roots
 from controlplane.source.secrets import DockerConfigError
 from controlplane.translate.resources import TranslateSettings, translate
 
@@ -146,6 +146,11 @@ def _serve(args: argparse.Namespace) -> int:
     except DockerConfigError as exc:
         print(f"controlplane: --docker-config: {exc}", file=sys.stderr)
         return 2
+    missing = missing_roots(args.config_dir)
+    if missing:
+        # Started on a typo, the server would serve an empty config and look healthy.
+        print(f"controlplane: --config-dir: no such folder or file: {', '.join(missing)}", file=sys.stderr)
+        return 2
     if args.registry_ca and not os.path.isfile(args.registry_ca):
         print(f"controlplane: --registry-ca: no such file: {args.registry_ca}", file=sys.stderr)
         return 2
@@ -192,6 +197,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"controlplane: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return 2
     loaded = load_directory(args.dirs)
+    for warning in loaded.warnings:  # worth a look, not a reason to fail a commit
+        print(f"warning: {warning}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps([dataclasses.asdict(e) for e in loaded.errors], indent=2))
         return 1 if loaded.errors else 0

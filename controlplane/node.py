@@ -5,9 +5,8 @@ from __future__ import annotations
 from envoy.config.core.v3 import base_pb2
 
 from controlplane.model import ProxyClass, labels_from
+from controlplane.source.documents import DEFAULT_NAMESPACE
 from controlplane.xds.connection import InvalidNode
-
-DEFAULT_NAMESPACE = "default"
 
 
 def proxy_class(node: base_pb2.Node, standalone_ecds: bool = False) -> ProxyClass:

@@ -21,6 +21,7 @@ def test_each_document_says_whether_it_is_applied_and_why_not(tmp_path: Path) ->
         str(good): {
             "state": "applied",
             "errors": [],
+            "notes": [],
             "documents": [
                 {"line": 1, "kind": "WasmPlugin", "namespace": "default", "name": "a", "state": "applied"},
                 {"line": 9, "kind": "WasmPlugin", "namespace": "default", "name": "b", "state": "applied"},

@@ -828,3 +828,172 @@ def test_url_forms_are_checked_without_the_network(tmp_path: Path, url: str, rea
     write(tmp_path, "plugin.yaml", wasm_plugin(f"url: {url!r}"))
     errors = [str(e) for e in load(tmp_path).errors]
     assert len(errors) == 1 and reason in errors[0], errors
+
+
+# --- roots that are not there -------------------------------------------------------------------------------
+
+
+def test_a_missing_root_is_an_error_naming_it(tmp_path: Path) -> None:
+    loaded = load(tmp_path / "typo")
+    assert [str(e) for e in loaded.errors] == [
+        f"{tmp_path / 'typo'}:1: <config-dir>: no such folder or file; what it held keeps serving"
+    ]
+
+
+@pytest.mark.parametrize("how", ["renamed away", "symlink to nothing"])
+def test_a_vanished_root_keeps_serving_its_last_good_files(tmp_path: Path, how: str) -> None:
+    """As during `rm -rf; mkdir` or a mount that went away: no push that removes every plugin."""
+    real = tmp_path / "real"
+    write(real, "a.yaml", wasm_plugin("url: oci://example.com/a:1", name="a"))
+    write(real, "nested/b.yaml", wasm_plugin("url: oci://example.com/b:1", name="b"))
+    root = tmp_path / "config"
+    root.symlink_to(real)
+    first = load(root)
+    assert len(first.config.plugins) == 2
+    if how == "renamed away":
+        real.rename(tmp_path / "elsewhere")
+    else:
+        root.unlink()
+        root.symlink_to(tmp_path / "nothing")
+    second = load(root, first)
+    assert [(e.path, e.field) for e in second.errors] == [(str(root), "<config-dir>")]
+    assert second.config == first.config
+    assert second.served == first.served
+
+    # Back, with one file fewer: read as usual again.
+    if how == "renamed away":
+        (tmp_path / "elsewhere").rename(real)
+    else:
+        real.rename(tmp_path / "nothing")
+    (root / "nested" / "b.yaml").unlink()
+    third = load(root, second)
+    assert third.errors == ()
+    assert [p.name for p in third.config.plugins] == ["a"]
+
+
+# --- YAML as Kubernetes reads it -------------------------------------------------------------------------
+
+
+def test_timestamps_and_non_string_keys_are_read_as_kubernetes_reads_them(tmp_path: Path) -> None:
+    """sigs.k8s.io/yaml: go-yaml v2 keeps timestamps as their text, and keys become strings on the way to
+    JSON (floats in Go's shortest float32 form)."""
+    write(
+        tmp_path,
+        "plugin.yaml",
+        wasm_plugin(
+            """
+        url: oci://example.com/a:1
+        pluginConfig:
+          valid_until: 2025-12-31
+          at: 2001-12-14t21:59:43.10-05:00
+          status_text: {429: too many, 0x1f: hex}
+          flags: {true: on, false: off}
+          ratios: {1.5: a, 1.0: b, 1000000.0: c, 0.1: d}
+          days: {2025-01-01: new year}
+        """
+        ),
+    )
+    assert json.loads(only_plugin(load(tmp_path)).plugin_config) == {
+        "valid_until": "2025-12-31",
+        "at": "2001-12-14t21:59:43.10-05:00",
+        "status_text": {"429": "too many", "31": "hex"},
+        "flags": {"true": True, "false": False},
+        "ratios": {"1.5": "a", "1": "b", "1e+06": "c", "0.1": "d"},
+        "days": {"2025-01-01": "new year"},
+    }
+
+
+def test_keys_made_strings_keep_their_lines_and_collide_as_duplicates(tmp_path: Path) -> None:
+    text = wasm_plugin("url: oci://example.com/a:1\nselector:\n  matchLabels:\n    app: web\n    2024: 5")
+    path = write(tmp_path, "plugin.yaml", text)
+    assert [str(e) for e in load(tmp_path).errors] == [
+        f"{path}:{line_of(text, '2024: 5')}: spec.selector.matchLabels.2024: expected a string, got an integer"
+    ]
+    text = wasm_plugin("url: oci://example.com/a:1\npluginConfig:\n  429: a\n  '429': b")
+    path = write(tmp_path, "plugin.yaml", text)
+    assert [str(e) for e in load(tmp_path).errors] == [
+        f"{path}:{line_of(text, chr(39) + '429')}: spec.pluginConfig.429: duplicate key"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("~", "a mapping key must be a string, number or boolean, not null"),
+        ("18446744073709551615", "mapping key 18446744073709551615 does not fit a signed 64-bit integer; quote it"),
+    ],
+)
+def test_keys_kubernetes_cannot_read_are_errors(tmp_path: Path, key: str, reason: str) -> None:
+    text = wasm_plugin(f"url: oci://example.com/a:1\npluginConfig:\n  {key}: x")
+    path = write(tmp_path, "plugin.yaml", text)
+    assert [str(e) for e in load(tmp_path).errors] == [
+        f"{path}:{line_of(text, key + ': x')}: <yaml>: syntax error: {reason}"
+    ]
+
+
+# --- target references this control plane cannot act on -------------------------------------------------
+
+
+def test_target_refs_to_other_kinds_are_valid_with_a_warning(tmp_path: Path) -> None:
+    text = wasm_plugin(
+        """
+        url: oci://example.com/a:1
+        targetRefs:
+        - kind: Gateway
+          name: edge
+        - group: gateway.networking.k8s.io
+          kind: GatewayClass
+          name: istio
+        - kind: Service
+          name: reviews
+        """
+    )
+    path = write(tmp_path, "plugin.yaml", text)
+    loaded = load(tmp_path)
+    assert loaded.errors == ()
+    assert [p.name for p in loaded.config.plugins] == ["plugin"]
+    assert [str(w) for w in loaded.warnings] == [
+        f"{path}:{line_of(text, 'kind: GatewayClass')}: spec.targetRefs[1].kind: GatewayClass 'istio' selects no "
+        "proxy: only Gateway references are acted on",
+        f"{path}:{line_of(text, 'kind: Service')}: spec.targetRefs[2].kind: Service 'reviews' selects no proxy: "
+        "only Gateway references are acted on",
+    ]
+    result = validate(str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"warning: {w}" for w in loaded.warnings]
+
+
+def test_a_single_target_ref_to_a_service_is_noted_in_the_file_status(tmp_path: Path) -> None:
+    from controlplane.source.status import file_status
+
+    text = wasm_plugin("url: oci://example.com/a:1\ntargetRef:\n  kind: ServiceEntry\n  name: external")
+    path = write(tmp_path, "plugin.yaml", text)
+    status = file_status(load(tmp_path))[str(path)]
+    assert status["state"] == "applied"
+    assert status["notes"] == [
+        f"{path}:{line_of(text, 'kind: ServiceEntry')}: spec.targetRef.kind: ServiceEntry 'external' selects no "
+        "proxy: only Gateway references are acted on"
+    ]
+
+
+# --- the same document in two files ----------------------------------------------------------------------
+
+
+def test_a_fresh_load_serves_the_duplicate_whose_path_sorts_first_and_notes_it_there(tmp_path: Path) -> None:
+    later = write(tmp_path, "b.yaml", wasm_plugin("url: oci://example.com/a:1\npriority: 2"))
+    first = write(tmp_path, "a/z.yaml", wasm_plugin("url: oci://example.com/a:1\npriority: 1"))
+    loaded = load(tmp_path)
+    assert loaded.served[plugin_key("plugin")].path == str(first)
+    assert [(e.path, e.field) for e in loaded.errors] == [(str(later), "metadata.name")]
+    assert [str(w) for w in loaded.warnings] == [
+        f"{first}:1: metadata.name: WasmPlugin default/plugin is also declared in {later}:1; this one serves"
+    ]
+
+
+def test_a_remembered_serving_file_wins_over_path_order(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", wasm_plugin("url: oci://example.com/a:1\npriority: 1"))
+    remembered = write(tmp_path, "b.yaml", wasm_plugin("url: oci://example.com/a:1\npriority: 2"))
+    loaded = load_directory([str(tmp_path)], None, frozenset(), {plugin_key("plugin"): str(remembered)})
+    assert plugin_named(loaded, "plugin").priority == 2
+    gone = load_directory([str(tmp_path)], None, frozenset(), {plugin_key("plugin"): str(tmp_path / "gone.yaml")})
+    assert plugin_named(gone, "plugin").priority == 1

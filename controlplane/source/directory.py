@@ -43,6 +43,8 @@ class LoadedDirectory:
     files: Mapping[str, FileState] = field(default_factory=dict)
     served: Mapping[DocumentKey, Served] = field(default_factory=dict)
     errors: tuple[ConfigError, ...] = ()
+    warnings: tuple[ConfigError, ...] = ()
+    """What is valid but may not do what its author meant (a targetRef this control plane cannot act on)."""
     config: Config = Config()
     being_written: frozenset[str] = frozenset()
     """Files that kept their previous version because a writer had them open."""
@@ -99,27 +101,57 @@ def read_file(path: str, previous: FileState | None) -> FileState:
 
 
 def load_directory(
-    roots: list[str], previous: LoadedDirectory | None = None, being_written: frozenset[str] = frozenset()
+    roots: list[str],
+    previous: LoadedDirectory | None = None,
+    being_written: frozenset[str] = frozenset(),
+    preferred: Mapping[DocumentKey, str] | None = None,
 ) -> LoadedDirectory:
     """`being_written`: real paths of files a writer has not closed yet. Read now they could be empty or
-    cut short and still parse, so they keep their previous version (or stay absent) until closed."""
+    cut short and still parse, so they keep their previous version (or stay absent) until closed.
+    `preferred`: for a document declared in several files, the file that served it before a restart."""
     previous = previous or LoadedDirectory()
     files: dict[str, FileState] = {}
     held: set[str] = set()
-    for path in find_yaml_files(roots):
+    missing = missing_roots(roots)
+    for root in missing:
+        # A root renamed away or not mounted yet is not an empty config: pushing that would remove every
+        # plugin from every proxy. What it held keeps serving until it is back.
+        files.update((path, state) for path, state in previous.files.items() if _is_under(path, root))
+    for path in find_yaml_files([r for r in roots if r not in missing]):
         if being_written and os.path.realpath(path) in being_written:
             held.add(path)
             if path in previous.files:
                 files[path] = previous.files[path]
             continue
         files[path] = read_file(path, previous.files.get(path))
-    loaded = assemble(files, previous)
-    return replace(loaded, being_written=frozenset(held)) if held else loaded
+    loaded = assemble(files, previous, preferred)
+    root_errors = tuple(ConfigError(root, 1, "<config-dir>", _root_problem(root)) for root in missing)
+    return replace(loaded, being_written=frozenset(held), errors=tuple(sorted(root_errors + loaded.errors)))
 
 
-def assemble(files: Mapping[str, FileState], previous: LoadedDirectory) -> LoadedDirectory:
+def missing_roots(roots: list[str]) -> list[str]:
+    """Roots that are neither a folder nor a file (following symlinks): gone, mistyped or not mounted."""
+    return [root for root in roots if not (os.path.isdir(root) or os.path.isfile(root))]
+
+
+def _root_problem(root: str) -> str:
+    if os.path.lexists(root) and not os.path.exists(root):
+        return "a symlink to nothing; what it held keeps serving"
+    if os.path.exists(root):
+        return "not a folder or a file; what it held keeps serving"
+    return "no such folder or file; what it held keeps serving"
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def assemble(
+    files: Mapping[str, FileState], previous: LoadedDirectory, preferred: Mapping[DocumentKey, str] | None = None
+) -> LoadedDirectory:
     """Chooses, for every document key, the version to serve: the valid one, else the last good one."""
     errors: list[ConfigError] = []
+    warnings: list[ConfigError] = []
     candidates: dict[DocumentKey, list[Served]] = {}
     broken_files = set()
     for state in files.values():
@@ -128,6 +160,7 @@ def assemble(files: Mapping[str, FileState], previous: LoadedDirectory) -> Loade
             broken_files.add(state.path)
         for document in state.documents:
             errors.extend(document.errors)
+            warnings.extend(document.warnings)
             if document.key is None:
                 continue
             if document.value is not None:
@@ -142,22 +175,14 @@ def assemble(files: Mapping[str, FileState], previous: LoadedDirectory) -> Loade
 
     chosen: dict[DocumentKey, Served] = {}
     for key, options in candidates.items():
+        keep = _choose(key, options, previous, preferred or {})
         if len(options) > 1:
-            serving = previous.served.get(key)
-            keep = next((o for o in options if serving and o.path == serving.path), options[0])
-            paths = ", ".join(f"{o.value.source}" for o in options)
-            for option in options:
-                if option is not keep:
-                    errors.append(
-                        ConfigError(
-                            option.value.source.path,
-                            option.value.source.line,
-                            "metadata.name",
-                            f"{key} is declared more than once ({paths}); serving {keep.value.source}",
-                        )
-                    )
-        else:
-            keep = options[0]
+            errors.extend(_duplicate_errors(key, options, keep))
+            others = ", ".join(str(o.value.source) for o in options if o is not keep)
+            at = keep.value.source
+            warnings.append(
+                ConfigError(at.path, at.line, "metadata.name", f"{key} is also declared in {others}; this one serves")
+            )
         chosen[key] = keep
         if keep.stale:
             log.warning("%s: serving the last good version of %s", keep.path, key)
@@ -169,7 +194,35 @@ def assemble(files: Mapping[str, FileState], previous: LoadedDirectory) -> Loade
         secrets=tuple(v for v in values if isinstance(v, PullSecret)),
     )
     errors.extend(missing_pull_secrets(config))
-    return LoadedDirectory(files=files, served=chosen, errors=tuple(sorted(set(errors))), config=config)
+    return LoadedDirectory(
+        files=files,
+        served=chosen,
+        errors=tuple(sorted(set(errors))),
+        warnings=tuple(sorted(set(warnings))),
+        config=config,
+    )
+
+
+def _choose(
+    key: DocumentKey, options: list[Served], previous: LoadedDirectory, preferred: Mapping[DocumentKey, str]
+) -> Served:
+    """Of the files declaring `key`: the one serving now, else the one that served before a restart, else
+    the one whose path sorts first. Never the order files happen to be listed in, so that a fresh start and
+    a second replica choose alike."""
+    serving = previous.served.get(key)
+    for path in (serving.path if serving else None, preferred.get(key)):
+        keep = next((o for o in options if o.path == path), None)
+        if keep is not None:
+            return keep
+    return min(options, key=lambda o: o.path)
+
+
+def _duplicate_errors(key: DocumentKey, options: list[Served], keep: Served) -> list[ConfigError]:
+    paths = ", ".join(f"{o.value.source}" for o in options)
+    reason = f"{key} is declared more than once ({paths}); serving {keep.value.source}"
+    return [
+        ConfigError(o.value.source.path, o.value.source.line, "metadata.name", reason) for o in options if o is not keep
+    ]
 
 
 def is_config_path(path: str) -> bool:

@@ -40,6 +40,7 @@ SIDECAR_API_VERSIONS = frozenset(
     {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"}
 )
 DEFAULT_NAMESPACE = "default"
+"""Of a document without metadata.namespace (as `kubectl apply`) and of a proxy without NAMESPACE."""
 URL_SCHEMES = ("oci://", "file://", "http://", "https://")
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -72,6 +73,8 @@ class DocumentResult:
     value: Declared | None
     errors: tuple[ConfigError, ...]
     source: SourceRef
+    warnings: tuple[ConfigError, ...] = ()
+    """Valid, but probably not what its author meant."""
 
 
 def read_document(document: YamlDocument) -> DocumentResult | None:
@@ -129,16 +132,43 @@ def read_document(document: YamlDocument) -> DocumentResult | None:
         else:
             value, spec_problems = _read_sidecar(spec, key, source)
         problems.extend(spec_problems)
-    return _result(document, key, None if problems else value, problems)
+    notes = _target_ref_notes(spec) if kind == "WasmPlugin" else []
+    return _result(document, key, None if problems else value, problems, notes)
 
 
 def _result(
-    document: YamlDocument, key: DocumentKey | None, value: Declared | None, problems: list[Problem]
+    document: YamlDocument,
+    key: DocumentKey | None,
+    value: Declared | None,
+    problems: list[Problem],
+    notes: list[Problem] | None = None,
 ) -> DocumentResult:
-    errors = tuple(
-        ConfigError(document.path, document.line_of(path), format_field_path(path), reason) for path, reason in problems
-    )
-    return DocumentResult(key, value, errors, SourceRef(document.path, document.line))
+    def located(found: list[Problem]) -> tuple[ConfigError, ...]:
+        return tuple(
+            ConfigError(document.path, document.line_of(path), format_field_path(path), reason)
+            for path, reason in found
+        )
+
+    return DocumentResult(key, value, located(problems), SourceRef(document.path, document.line), located(notes or []))
+
+
+def _target_ref_notes(spec: Any) -> list[Problem]:
+    """Istio accepts references to GatewayClasses, Services and ServiceEntries, so such a document stays
+    valid; but only a Gateway's proxies can be told apart here (by their gateway-name label), so say that
+    the others select nothing rather than let them fail silently."""
+    if not isinstance(spec, dict):
+        return []
+    refs: list[tuple[FieldPath, Any]] = [(("spec", "targetRef"), spec.get("targetRef"))]
+    if isinstance(spec.get("targetRefs"), list):
+        refs += [(("spec", "targetRefs", i), ref) for i, ref in enumerate(spec["targetRefs"])]
+    notes: list[Problem] = []
+    for at, ref in refs:
+        kind = ref.get("kind") if isinstance(ref, dict) else None
+        if isinstance(kind, str) and kind and kind != "Gateway":
+            notes.append(
+                (at + ("kind",), f"{kind} {ref.get('name')!r} selects no proxy: only Gateway references are acted on")
+            )
+    return notes
 
 
 def _read_wasm_plugin(

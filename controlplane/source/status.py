@@ -51,7 +51,9 @@ def _one_file(loaded: LoadedDirectory, state: FileState) -> dict[str, Any]:
         summary = "partly applied"
     else:
         summary = "failed"
-    return {"state": summary, "errors": errors, "documents": documents}
+    # Notes do not change the state: the documents they are about are applied.
+    notes = [str(w) for w in loaded.warnings if w.path == state.path]
+    return {"state": summary, "errors": errors, "notes": notes, "documents": documents}
 
 
 def _key(key: DocumentKey) -> dict[str, str]:

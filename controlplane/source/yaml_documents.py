@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Mapping
+import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +60,72 @@ _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """SafeLoader that reports duplicate keys, which plain PyYAML silently lets the last one win."""
+    """Reads documents as Kubernetes does (sigs.k8s.io/yaml over go-yaml v2), so that YAML written for Istio
+    means the same here: a timestamp stays the text it was written as and every mapping key becomes a
+    string. Duplicate keys, which PyYAML silently lets the last one win, are reported by `_record_lines`."""
+
+    # go-yaml v2 keeps timestamps as strings when decoding into interface{}, for backward compatibility.
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> str:
+        return str(node.value)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:
+        self.flatten_mapping(node)  # merged keys first, so that the mapping's own keys win, as in PyYAML
+        return {self.key_text(k): self.construct_object(v, deep=deep) for k, v in node.value}
+
+    def key_text(self, key_node: yaml.Node) -> str:
+        return _json_key(self.construct_object(key_node, deep=True), key_node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+
+
+def _json_key(key: Any, node: yaml.Node) -> str:
+    """A mapping key as sigs.k8s.io/yaml's convertToJSONableObject turns it into a JSON object key."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, int) and -(2**63) <= key < 2**63:
+        return str(key)
+    if isinstance(key, int) and key < 2**64:
+        # go-yaml v2 reads it as a uint64, a key type sigs.k8s.io/yaml refuses.
+        raise _key_error(f"mapping key {key} does not fit a signed 64-bit integer; quote it", node)
+    if isinstance(key, int | float):
+        return _go_float32_text(float(key))  # beyond uint64 go-yaml v2 reads it as a float
+    raise _key_error(f"a mapping key must be a string, number or boolean, not {node.tag.rpartition(':')[2]}", node)
+
+
+def _key_error(problem: str, node: yaml.Node) -> yaml.constructor.ConstructorError:
+    return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+
+
+def _go_float32_text(value: float) -> str:
+    """Go's strconv.FormatFloat(value, 'g', -1, 32), with go-yaml's names for infinities and NaN."""
+    if math.isnan(value):
+        return ".nan"
+    try:
+        single = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        single = math.copysign(math.inf, value)
+    if math.isinf(single):
+        return ".inf" if single > 0 else "-.inf"
+    if single == 0:
+        return "-0" if math.copysign(1, single) < 0 else "0"
+    for digits in range(1, 10):  # the fewest significant digits that read back as the same float32
+        text = f"{single:.{digits - 1}e}"
+        if struct.unpack("f", struct.pack("f", float(text)))[0] == single:
+            break
+    mantissa, exponent_text = text.split("e")
+    sign = "-" if mantissa.startswith("-") else ""
+    significant = mantissa.lstrip("-").replace(".", "")
+    exponent = int(exponent_text)
+    if exponent < -4 or exponent >= 6:  # Go's %e form: at least two exponent digits
+        fraction = f".{significant[1:]}" if len(significant) > 1 else ""
+        return f"{sign}{significant[0]}{fraction}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
+    if exponent < 0:
+        return f"{sign}0.{'0' * (-exponent - 1)}{significant}"
+    whole, fraction = significant[: exponent + 1].ljust(exponent + 1, "0"), significant[exponent + 1 :]
+    return f"{sign}{whole}.{fraction}" if fraction else f"{sign}{whole}"
 
 
 def _too_deep(text: str) -> int | None:
@@ -93,7 +160,7 @@ def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigErr
             if shape_problem is not None:
                 return [], [ConfigError(path, node.start_mark.line + 1, "<yaml>", shape_problem)]
             lines: dict[FieldPath, int] = {}
-            _record_lines(node, (), lines, path, errors)
+            _record_lines(node, (), lines, loader.key_text, path, errors)
             data = loader.construct_document(node)
             if data is None:
                 continue
@@ -161,14 +228,20 @@ class _Unsafe(Exception):
 
 
 def _record_lines(
-    node: yaml.Node, prefix: FieldPath, lines: dict[FieldPath, int], path: str, errors: list[ConfigError]
+    node: yaml.Node,
+    prefix: FieldPath,
+    lines: dict[FieldPath, int],
+    key_text: Callable[[yaml.Node], str],
+    path: str,
+    errors: list[ConfigError],
 ) -> None:
+    """`key_text` gives a key as the document's data will hold it (`429` and `"429"` are the same key)."""
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
-            key = str(key_node.value)
-            if key == "<<":
+            if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
+            key = key_text(key_node)
             child = prefix + (key,)
             if key in seen:
                 errors.append(
@@ -176,9 +249,9 @@ def _record_lines(
                 )
             seen.add(key)
             lines[child] = key_node.start_mark.line + 1
-            _record_lines(value_node, child, lines, path, errors)
+            _record_lines(value_node, child, lines, key_text, path, errors)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             child = prefix + (index,)
             lines[child] = item.start_mark.line + 1
-            _record_lines(item, child, lines, path, errors)
+            _record_lines(item, child, lines, key_text, path, errors)
