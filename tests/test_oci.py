@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.server
+import logging
 import os
 import threading
 import time
@@ -295,7 +296,9 @@ def test_always_pulls_again_when_the_plugin_changes_and_if_not_present_does_not(
     assert asyncio.run(scenario("IfNotPresent")) == (original, original, original)
 
 
-def test_after_a_restart_without_registry_pinned_and_if_not_present_modules_still_serve(tmp_path: Path) -> None:
+def test_after_a_restart_without_registry_every_cached_module_serves_and_always_is_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     registry = start_registry(tmp_path / "registry")
     try:
         digest = registry.push("warm/p", "1.0", MODULE)
@@ -314,11 +317,17 @@ def test_after_a_restart_without_registry_pinned_and_if_not_present_modules_stil
         registry.stop()
     assert all(isinstance(s, ModuleReady) for s in before.values()), before
 
-    after = asyncio.run(settle(new_resolver(tmp_path / "cache", registry), requests))
+    caplog.set_level(logging.INFO, "controlplane.modules")
+    restarted = new_resolver(tmp_path / "cache", registry)
+    after = asyncio.run(settle(restarted, requests))
     by_url = {key.url.rsplit("/", 1)[-1]: status for key, status in after.items()}
-    assert by_url[f"p@{digest}"] == by_url["p:1.0"] == ModuleReady(MODULE_SHA256, len(MODULE))
-    # `Always` means the registry's word, which cannot be had: the failStrategy applies (as in Istio).
-    assert "failed" in reason(by_url["p:latest"])
+    ready = ModuleReady(MODULE_SHA256, len(MODULE))
+    assert by_url[f"p@{digest}"] == by_url["p:1.0"] == by_url["p:latest"] == ready
+    # `Always` (here Istio's default for `:latest`) serves the cached copy, as a running server keeps the
+    # module that was serving when a re-pull fails, and the pull is retried in the background.
+    [latest_key] = [key for key in after if key.url.endswith(":latest")]
+    assert restarted.next_retry(latest_key) is not None
+    assert "cached copy: pulling it again" in caplog.text and "still serving" in caplog.text
 
 
 def test_a_corrupt_cached_module_is_pulled_again(registry: Registry, tmp_path: Path) -> None:
