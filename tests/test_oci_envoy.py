@@ -86,7 +86,7 @@ def test_a_wrong_sha256_is_handled_by_the_fail_strategy(
     url = f"oci://{registry.host}/envoy/limit:1.0"
     stack.write("limit.yaml", limit_plugin(url, sha256="0" * 64, fail_strategy=fail_strategy))
     stand_in_answers(stack, expected)
-    module = stack.control_plane.status()["modules"][url]
+    module = stack.control_plane.module(url)
     assert module["state"] == "failed" and "sha256 mismatch" in module["reason"]
 
 
@@ -138,7 +138,7 @@ def test_a_registry_that_is_down_gets_the_stand_in_until_it_comes_back(
     url = f"oci://{flaky.host}/envoy/limit:1.0"
     stack.write("limit.yaml", limit_plugin(url))
     stand_in_answers(stack, 403)
-    assert "Connection refused" in stack.control_plane.status()["modules"][url]["reason"]
+    assert "Connection refused" in stack.control_plane.module(url)["reason"]
     flaky.start()
     try:
         assert_plugin_runs(stack)
