@@ -2,7 +2,8 @@
 when the state of a module changes. Fetches run concurrently, so a slow one holds up no other plugin; one
 url is fetched once at a time. Failed modules are retried in the background with exponential backoff, so
 the real plugin replaces its stand-in as soon as a fetch succeeds; modules pulled `Always` are pulled again
-when a plugin using them changes and every repull interval."""
+when a plugin using them changes, every repull interval and after a restart (their cached copy serving
+meanwhile). Disk work (hashing, writing modules and the index) runs in worker threads, off the loop."""
 
 from __future__ import annotations
 
@@ -152,7 +153,7 @@ class ModuleResolver:
     async def _fetch(self, request: ModuleRequest, use_cache: bool) -> None:
         key = request.key
         try:
-            if use_cache and await self._serve_cached(request) and not request.always:
+            if use_cache and await self._serve_cached(request) and (not request.always or key not in self._requests):
                 return
             lock = self._url_locks.setdefault(key.url, asyncio.Lock())
             async with lock:
