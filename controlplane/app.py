@@ -15,10 +15,10 @@ import grpc
 
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpServer
-from controlplane.model import ModuleFailed, ModuleReady, ModuleStatus, PluginType, ProxyClass
+from controlplane.model import ModuleReady, ModuleStatus, PluginType, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests
-from controlplane.modules.resolver import ModuleResolver, ResolverSettings
+from controlplane.modules.resolver import ModuleResolver, ResolverSettings, module_views
 from controlplane.modules.store import ModuleStore
 from controlplane.node import proxy_class
 from controlplane.source.directory import LoadedDirectory, load_directory
@@ -96,7 +96,7 @@ class ControlPlane:
         # Proxies get nothing until the directory is loaded and its modules settled, so that none is
         # ever sent a partial config.
         try:
-            await asyncio.wait_for(self.modules.settled(), self.settings.startup_fetch_seconds)
+            await asyncio.wait_for(self.modules.available(), self.settings.startup_fetch_seconds)
         except TimeoutError:
             # Past this, a module still on its way only holds back the listeners that use it: Envoy warms
             # them until its config arrives.
@@ -200,7 +200,6 @@ class ControlPlane:
                 log.exception("reload failed; still serving the previous config")
 
     def config_status(self) -> dict[str, Any]:
-        statuses = self.modules.statuses
         return {
             "errors": [str(e) for e in self.loaded.errors],
             "files": file_status(self.loaded),
@@ -214,16 +213,7 @@ class ControlPlane:
                 }
                 for key, served in self.loaded.served.items()
             ],
-            "modules": {
-                key.url: (
-                    {"state": "ready", "sha256": status.sha256, "size": status.size}
-                    if isinstance(status, ModuleReady)
-                    else {"state": "failed", "reason": status.reason}
-                    if isinstance(status, ModuleFailed)
-                    else {"state": "fetching"}
-                )
-                for key, status in ((p.module, statuses.get(p.module)) for p in self.loaded.config.plugins)
-            },
+            "modules": module_views(self.loaded.config.plugins, self.modules.statuses),
         }
 
     def metrics(self) -> str:

@@ -17,9 +17,10 @@ from controlplane.app import ServeSettings, serve
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
-from controlplane.model import ModuleStatus, ProxyClass, labels_from
+from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import docker_config_path, load_docker_config
 from controlplane.modules.fetch import FetchSettings
+from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.render import resources_as_dict, to_yaml
@@ -64,18 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         "them from --local-module-dir, a shared volume holding the cache dir",
     )
     serve_cmd.add_argument("--local-module-dir", help="where the proxies see --cache-dir (default: the same path)")
-    serve_cmd.add_argument("--max-module-size", type=int, default=FetchSettings.max_bytes, help="bytes")
-    serve_cmd.add_argument(
-        "--docker-config", help="Docker config.json (or its folder) with registry logins (default: $DOCKER_CONFIG)"
-    )
-    serve_cmd.add_argument("--registry-ca", help="PEM file of CAs to trust for registries, besides the system's")
-    serve_cmd.add_argument(
-        "--insecure-registry",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="a registry reached over plain HTTP; repeatable",
-    )
+    _module_flags(serve_cmd)
     serve_cmd.add_argument(
         "--repull-interval",
         type=float,
@@ -104,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     render_cmd.add_argument("--root-namespace", default="istio-system")
     render_cmd.add_argument("--advertise-address", default="127.0.0.1")
     render_cmd.add_argument("--http-port", type=int, default=18001)
+    _module_flags(render_cmd)
     render_cmd.set_defaults(run=_render)
 
     bootstrap_cmd = commands.add_parser("bootstrap", help="print an Envoy bootstrap for one proxy")
@@ -118,6 +109,43 @@ def _parser() -> argparse.ArgumentParser:
     demo_cmd = commands.add_parser("demo", help="run the rate-limit tutorial with httpbin and Envoy on this machine")
     demo_cmd.set_defaults(run=lambda args: run_demo())
     return parser
+
+
+def _module_flags(command: argparse.ArgumentParser) -> None:
+    """How modules are fetched: the same for `serve` and `render`, so that both see the same modules."""
+    command.add_argument("--max-module-size", type=int, default=FetchSettings.max_bytes, help="bytes")
+    command.add_argument(
+        "--docker-config", help="Docker config.json (or its folder) with registry logins (default: $DOCKER_CONFIG)"
+    )
+    command.add_argument("--registry-ca", help="PEM file of CAs to trust for registries, besides the system's")
+    command.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a registry reached over plain HTTP; repeatable",
+    )
+
+
+class _UsageError(Exception):
+    """A flag that cannot be used; exit 2."""
+
+
+def _fetch_settings(args: argparse.Namespace) -> FetchSettings:
+    """The settings `_module_flags` give, or a _UsageError."""
+    docker_config = docker_config_path(args.docker_config, os.environ)
+    try:
+        docker_credentials = load_docker_config(docker_config) if docker_config else ()
+    except DockerConfigError as exc:
+        raise _UsageError(f"--docker-config: {exc}") from None
+    if args.registry_ca and not os.path.isfile(args.registry_ca):
+        raise _UsageError(f"--registry-ca: no such file: {args.registry_ca}")
+    return FetchSettings(
+        max_bytes=args.max_module_size,
+        registry_ca=args.registry_ca or "",
+        insecure_registries=frozenset(args.insecure_registry),
+        docker_credentials=docker_credentials,
+    )
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -140,26 +168,16 @@ def _host_port(text: str) -> tuple[str, int]:
 def _serve(args: argparse.Namespace) -> int:
     cache_dir = os.path.abspath(args.cache_dir)
     advertised = _advertised(args.advertise_address or args.host, args.http_port)
-    docker_config = docker_config_path(args.docker_config, os.environ)
     try:
-        docker_credentials = load_docker_config(docker_config) if docker_config else ()
-    except DockerConfigError as exc:
-        print(f"controlplane: --docker-config: {exc}", file=sys.stderr)
+        fetch = _fetch_settings(args)
+    except _UsageError as exc:
+        print(f"controlplane: {exc}", file=sys.stderr)
         return 2
     missing = missing_roots(args.config_dir)
     if missing:
         # Started on a typo, the server would serve an empty config and look healthy.
         print(f"controlplane: --config-dir: no such folder or file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    if args.registry_ca and not os.path.isfile(args.registry_ca):
-        print(f"controlplane: --registry-ca: no such file: {args.registry_ca}", file=sys.stderr)
-        return 2
-    fetch = FetchSettings(
-        max_bytes=args.max_module_size,
-        registry_ca=args.registry_ca or "",
-        insecure_registries=frozenset(args.insecure_registry),
-        docker_credentials=docker_credentials,
-    )
     settings = ServeSettings(
         config_dirs=tuple(args.config_dir),
         cache_dir=cache_dir,
@@ -232,6 +250,11 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    try:
+        fetch = _fetch_settings(args)
+    except _UsageError as exc:
+        print(f"controlplane: {exc}", file=sys.stderr)
+        return 2
     loaded = load_directory([args.dir])
     for error in loaded.errors:
         print(error, file=sys.stderr)
@@ -239,17 +262,18 @@ def _render(args: argparse.Namespace) -> int:
         root_namespace=args.root_namespace, module_host=args.advertise_address, module_port=args.http_port
     )
     proxy = ProxyClass(args.namespace, labels_from(args.labels))
-    modules = asyncio.run(_resolve_modules([p.module for p in loaded.config.plugins]))
+    modules = asyncio.run(_resolve_modules(module_requests(loaded.config), fetch))
     print(to_yaml(resources_as_dict(translate(loaded.config, proxy, modules, settings))), end="")
     return 1 if loaded.errors else 0
 
 
-async def _resolve_modules(keys: list) -> dict:
-    """Modules as the server would see them, fetched into a throwaway store."""
+async def _resolve_modules(requests: list[ModuleRequest], fetch: FetchSettings) -> dict[ModuleKey, ModuleStatus]:
+    """Modules as the server would see them (its flags, the plugins' pull Secrets), fetched into a
+    throwaway store."""
     with tempfile.TemporaryDirectory() as scratch:
         store = ModuleStore(Path(scratch))
-        results: list[ModuleStatus] = await asyncio.gather(*(resolve_module(k, store, FetchSettings()) for k in keys))
-    return dict(zip(keys, results, strict=True))
+        results = await asyncio.gather(*(resolve_module(r.key, store, fetch, r.credentials) for r in requests))
+    return {r.key: status for r, status in zip(requests, results, strict=True)}
 
 
 def _bootstrap(args: argparse.Namespace) -> int:

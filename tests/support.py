@@ -134,6 +134,11 @@ class ControlPlaneProcess:
     def status(self, view: str = "config") -> Any:
         return http_get(self.http_port, f"/debug/{view}").json()
 
+    def module(self, url: str) -> dict[str, Any]:
+        """The one entry of the `/debug/config` modules list for `url` (as shown: redacted)."""
+        [entry] = [m for m in self.status()["modules"] if m["url"] == url]
+        return entry
+
 
 def start_control_plane(
     processes: list[Process],

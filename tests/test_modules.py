@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import RATELIMIT_WASM, Stack, burst, http_get, wait_for, wasm_plugin_yaml
+from tests.support import (
+    RATELIMIT_WASM,
+    Process,
+    Stack,
+    burst,
+    http_get,
+    start_control_plane,
+    wait_for,
+    wasm_plugin_yaml,
+)
 
 MODULE = RATELIMIT_WASM.read_bytes()
 MODULE_SHA256 = hashlib.sha256(MODULE).hexdigest()
@@ -43,7 +52,7 @@ FILES = {
 def module_server() -> Iterator[int]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
-            body = FILES.get(self.path)
+            body = FILES.get(self.path.split("?", 1)[0])
             self.send_response(200 if body is not None else 404)
             self.send_header("Content-Length", str(len(body or b"")))
             self.end_headers()
@@ -79,8 +88,16 @@ def apply(stack: Stack, url: str, sha256: str = "", fail_strategy: str = "") -> 
 def test_http_module_is_unpacked_verified_and_runs(stack: Stack, module_server: int, path: str) -> None:
     apply(stack, f"http://127.0.0.1:{module_server}{path}", sha256=MODULE_SHA256)
     wait_for(lambda: "who-am-i" in http_get(stack.port).headers, what="the plugin to run")
-    module = stack.control_plane.status()["modules"][f"http://127.0.0.1:{module_server}{path}"]
-    assert module == {"state": "ready", "sha256": MODULE_SHA256, "size": len(MODULE)}
+    module = stack.control_plane.module(f"http://127.0.0.1:{module_server}{path}")
+    assert module == {
+        "url": f"http://127.0.0.1:{module_server}{path}",
+        "sha256": MODULE_SHA256,
+        "pull_secret": "",
+        "plugins": ["default/limit"],
+        "state": "ready",
+        "module_sha256": MODULE_SHA256,
+        "size": len(MODULE),
+    }
     served = http_get(stack.control_plane.http_port, f"/modules/{MODULE_SHA256}.wasm")
     assert served.status == 200 and served.body == MODULE
 
@@ -94,14 +111,14 @@ def test_wrong_sha256_is_a_fetch_failure_handled_by_fail_strategy(
     responses = burst(stack.port, 3)
     assert [r.status for r in responses] == [expected] * 3
     assert all("who-am-i" not in r.headers for r in responses)
-    assert "sha256 mismatch" in stack.control_plane.status()["modules"][url]["reason"]
+    assert "sha256 mismatch" in stack.control_plane.module(url)["reason"]
 
 
 def test_a_file_that_is_not_wasm_never_reaches_envoy(stack: Stack, module_server: int) -> None:
     url = f"http://127.0.0.1:{module_server}/not-wasm.wasm"
     apply(stack, url)
     assert [r.status for r in burst(stack.port, 2)] == [403, 403]
-    assert "not a WebAssembly module" in stack.control_plane.status()["modules"][url]["reason"]
+    assert "not a WebAssembly module" in stack.control_plane.module(url)["reason"]
 
 
 def test_render_prints_the_resources_with_typed_configs_decoded(tmp_path: Path) -> None:
@@ -132,3 +149,29 @@ def test_render_prints_the_resources_with_typed_configs_decoded(tmp_path: Path) 
     [listener] = rendered["listeners"]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert [f["name"] for f in hcm["http_filters"]] == [extension["name"], "envoy.filters.http.router"]
+
+
+def test_the_status_view_lists_every_module_of_a_url_without_its_credentials(
+    module_server: int, tmp_path: Path, processes: list[Process]
+) -> None:
+    secrets = ("s3cretpw", "TOPSECRET")
+    url = f"http://alice:s3cretpw@127.0.0.1:{module_server}/plugin.wasm?access_token=TOPSECRET"
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "right.yaml").write_text(wasm_plugin_yaml("right", url, sha256=MODULE_SHA256))
+    (config_dir / "also-right.yaml").write_text(wasm_plugin_yaml("also-right", url, sha256=MODULE_SHA256))
+    (config_dir / "wrong.yaml").write_text(wasm_plugin_yaml("wrong", url, sha256="0" * 64))
+    control_plane = start_control_plane(processes, config_dir, tmp_path)
+
+    def settled() -> list[dict[str, object]]:
+        modules = control_plane.status()["modules"]
+        return modules if all(m["state"] != "fetching" for m in modules) else []
+
+    modules = wait_for(settled, what="both modules of the url to settle")
+    shown = f"http://127.0.0.1:{module_server}/plugin.wasm"
+    assert [(m["url"], m["sha256"], m["plugins"], m["state"]) for m in modules] == [
+        (shown, "0" * 64, ["default/wrong"], "failed"),
+        (shown, MODULE_SHA256, ["default/also-right", "default/right"], "ready"),
+    ]
+    body = http_get(control_plane.http_port, "/debug/config").body.decode()
+    assert not [s for s in secrets if s in body + control_plane.process.log()]

@@ -86,7 +86,7 @@ def test_a_wrong_sha256_is_handled_by_the_fail_strategy(
     url = f"oci://{registry.host}/envoy/limit:1.0"
     stack.write("limit.yaml", limit_plugin(url, sha256="0" * 64, fail_strategy=fail_strategy))
     stand_in_answers(stack, expected)
-    module = stack.control_plane.status()["modules"][url]
+    module = stack.control_plane.module(url)
     assert module["state"] == "failed" and "sha256 mismatch" in module["reason"]
 
 
@@ -138,7 +138,7 @@ def test_a_registry_that_is_down_gets_the_stand_in_until_it_comes_back(
     url = f"oci://{flaky.host}/envoy/limit:1.0"
     stack.write("limit.yaml", limit_plugin(url))
     stand_in_answers(stack, 403)
-    assert "Connection refused" in stack.control_plane.status()["modules"][url]["reason"]
+    assert "Connection refused" in stack.control_plane.module(url)["reason"]
     flaky.start()
     try:
         assert_plugin_runs(stack)
@@ -147,14 +147,18 @@ def test_a_registry_that_is_down_gets_the_stand_in_until_it_comes_back(
         flaky.stop()
 
 
+@pytest.mark.parametrize("reference", ["digest", "latest"])
 def test_a_restart_with_a_warm_cache_serves_without_the_registry(
-    make_stack: Callable[..., Stack], tmp_path: Path, processes: list[Process]
+    make_stack: Callable[..., Stack], tmp_path: Path, processes: list[Process], reference: str
 ) -> None:
+    """Pinned by digest, and `:latest` (pulled `Always`): both serve the cached module, as a running server
+    keeps serving when a re-pull fails, rather than the deny-all stand-in."""
     registry = start_registry(tmp_path / "registry")
     try:
-        digest = registry.push("envoy/limit", "1.0", MODULE)
+        digest = registry.push("envoy/limit", "latest", MODULE)
+        image = f"envoy/limit@{digest}" if reference == "digest" else "envoy/limit:latest"
         stack = make_stack("--insecure-registry", registry.host)
-        stack.write("limit.yaml", limit_plugin(f"oci://{registry.host}/envoy/limit@{digest}"))
+        stack.write("limit.yaml", limit_plugin(f"oci://{registry.host}/{image}"))
         assert_plugin_runs(stack)
     finally:
         registry.stop()

@@ -162,3 +162,15 @@ def test_diff_warns_about_documents_that_would_not_be_served(tmp_path: Path) -> 
 def test_diff_of_a_missing_directory_exits_2(tmp_path: Path) -> None:
     result = controlplane("diff", str(tmp_path), str(tmp_path / "absent"))
     assert result.returncode == 2 and "absent" in result.stderr
+
+
+def test_diff_names_a_changed_url_without_printing_its_credentials(tmp_path: Path) -> None:
+    def with_login(password: str) -> dict[str, str]:
+        url = f"https://alice:{password}@example.com/auth.wasm?access_token=TOK-{password}"
+        return BASE | {"auth.yaml": plugin("auth", phase="AUTHN", config={"issuer": "a"}, url=url)}
+
+    old, new = checkout(tmp_path / "old", with_login("old-pw")), checkout(tmp_path / "new", with_login("new-pw"))
+    for output in ("text", "json"):
+        result = controlplane("diff", str(old), str(new), "--format", output)
+        assert result.returncode == 1 and "url" in result.stdout, result.stderr
+        assert "-pw" not in result.stdout + result.stderr

@@ -3,11 +3,13 @@ retries with exponential backoff, and messages that never carry a credential."""
 
 from __future__ import annotations
 
+import http.client
 import logging
 import random
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +32,10 @@ class FetchFailed(Exception):
 class FetchSettings:
     max_bytes: int = 256 * 1024 * 1024
     timeout_seconds: float = 15.0
+    """For each connect and socket read."""
+    download_seconds: float = 300.0
+    """For a whole download, retries included: a server that drips bytes slowly holds no fetch (and no
+    per-url lock) for longer than this."""
     retries: int = 2
     """Quick retries inside one fetch; the resolver keeps retrying failed modules in the background."""
     first_backoff_seconds: float = 0.5
@@ -56,9 +62,14 @@ def tls_context(settings: FetchSettings) -> ssl.SSLContext:
     return context
 
 
-def call_with_retries(call: Callable[[], T], what: str, settings: FetchSettings) -> T:
+def deadline(settings: FetchSettings) -> float:
+    """The `time.monotonic()` by which a download that starts now must be done."""
+    return time.monotonic() + settings.download_seconds
+
+
+def call_with_retries(call: Callable[[], T], what: str, settings: FetchSettings, until: float) -> T:
     """Runs `call` (blocking: from a worker thread), retrying network errors and 5xx with exponential
-    backoff and jitter. Any other exception goes straight through."""
+    backoff and jitter, but not past `until`. Any other exception goes straight through."""
     delay = settings.first_backoff_seconds
     for attempt in range(settings.retries + 1):
         try:
@@ -70,7 +81,9 @@ def call_with_retries(call: Callable[[], T], what: str, settings: FetchSettings)
             # An untrusted certificate stays untrusted however often it is asked.
             reason = network_reason(exc)
             retry = not isinstance(getattr(exc, "reason", exc), ssl.SSLCertVerificationError)
-        if not retry or attempt == settings.retries:
+        except http.client.HTTPException as exc:  # a connection cut mid-body, a garbled status line
+            reason, retry = f"{type(exc).__name__}: {exc}", True
+        if not retry or attempt == settings.retries or time.monotonic() + delay >= until:
             raise FetchFailed(f"{what} failed: {reason}")
         log.info("%s failed (%s); retrying in %.1fs", what, reason, delay)
         time.sleep(delay * (0.5 + random.random()))
@@ -88,15 +101,41 @@ def network_reason(exc: OSError) -> str:
     return str(reason)
 
 
-def read_capped(response: urllib.response.addinfourl, max_bytes: int, what: str) -> bytes:
-    content = response.read(max_bytes + 1)
-    if len(content) > max_bytes:
-        raise FetchFailed(f"{what} is larger than the limit of {max_bytes} bytes")
-    return content
+def read_capped(response: http.client.HTTPResponse, max_bytes: int, what: str, until: float) -> bytes:
+    """The body, refused past `max_bytes` or `until`. Read a piece at a time, as the socket timeout
+    applies to each read and a slow drip would otherwise never time out."""
+    pieces: list[bytes] = []
+    size = 0
+    while piece := response.read1(_READ_BYTES):
+        size += len(piece)
+        if size > max_bytes:
+            raise FetchFailed(f"{what} is larger than the limit of {max_bytes} bytes")
+        if time.monotonic() > until:
+            raise FetchFailed(f"{what} took longer than the download deadline")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+_READ_BYTES = 1 << 16
 
 
 def redact(url: str) -> str:
-    """A url without user information or query, which may carry credentials."""
-    scheme, _, rest = url.partition("://")
-    host_and_path = rest.rsplit("@", 1)[-1] if "@" in rest.split("/", 1)[0] else rest
-    return f"{scheme}://{host_and_path.split('?', 1)[0]}"
+    """The url as logs and status views may show it: without user information, query or fragment, which
+    may carry credentials. Every url a user wrote goes through this before anyone sees it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, path = rest.partition("/")
+    authority = authority.rpartition("@")[2]
+    shown = f"{authority}{slash}{path}".split("?", 1)[0].split("#", 1)[0]
+    return f"{scheme}{sep}{shown}"
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """An http(s) url without its `user:password@`, and that login (decoded), if it had one."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, None
+    netloc = parts.netloc.rpartition("@")[2]
+    login = (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), login

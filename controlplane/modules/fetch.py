@@ -4,6 +4,7 @@ for urls without a scheme, as in Istio). Verification and caching live elsewhere
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 import urllib.request
 
 from controlplane.model import RegistryCredential
@@ -14,8 +15,10 @@ from controlplane.modules.download import (
     FetchFailed,
     FetchSettings,
     call_with_retries,
+    deadline,
     read_capped,
     redact,
+    split_userinfo,
     tls_context,
 )
 
@@ -35,9 +38,7 @@ async def fetch_module(url: str, settings: FetchSettings, credentials: tuple[Reg
     if is_local(url):
         return Fetched(await asyncio.to_thread(_read_file, url[len("file://") :], settings.max_bytes))
     if is_http(url):
-        content = await asyncio.to_thread(
-            call_with_retries, lambda: _get(url, settings), f"download of {redact(url)}", settings
-        )
+        content = await asyncio.to_thread(_download, url, settings)
         return Fetched(unpack(content, settings.max_bytes))
     return await asyncio.to_thread(oci.pull, url, settings, credentials)
 
@@ -53,7 +54,25 @@ def _read_file(path: str, max_bytes: int) -> bytes:
     return content
 
 
-def _get(url: str, settings: FetchSettings) -> bytes:
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls_context(settings)))
-    with opener.open(url, timeout=settings.timeout_seconds) as response:
-        return read_capped(response, settings.max_bytes, redact(url))
+def _download(url: str, settings: FetchSettings) -> bytes:
+    until = deadline(settings)
+    plain_url, login = split_userinfo(url)
+    opener = _opener(plain_url, login, settings)
+
+    def get() -> bytes:
+        with opener.open(plain_url, timeout=settings.timeout_seconds) as response:
+            return read_capped(response, settings.max_bytes, redact(url), until)
+
+    return call_with_retries(get, f"download of {redact(url)}", settings, until)
+
+
+def _opener(url: str, login: tuple[str, str] | None, settings: FetchSettings) -> urllib.request.OpenerDirector:
+    """`user:password@` in a url is HTTP basic auth, sent up front (release servers rarely challenge) to
+    that scheme, host and port only: a redirect elsewhere (object storage, a CDN) does not get it."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPSHandler(context=tls_context(settings))]
+    if login is not None:
+        passwords = urllib.request.HTTPPasswordMgrWithPriorAuth()
+        origin = urllib.parse.urlsplit(url)
+        passwords.add_password(None, f"{origin.scheme}://{origin.netloc}/", *login, is_authenticated=True)
+        handlers.append(urllib.request.HTTPBasicAuthHandler(passwords))
+    return urllib.request.build_opener(*handlers)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from controlplane.model import ModuleKey
+from controlplane.modules.store import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -39,34 +39,42 @@ def expired(entries: Mapping[str, IndexEntry], wanted: Iterable[str], now: float
 
 
 class ModuleIndex:
+    """Written from worker threads (the event loop must not wait for a disk), hence the lock."""
+
     def __init__(self, root: str | Path) -> None:
         self.path = Path(root) / INDEX_FILE
+        self._lock = threading.Lock()
         self._entries = self._load()
 
     @property
     def entries(self) -> Mapping[str, IndexEntry]:
-        return dict(self._entries)
+        with self._lock:
+            return dict(self._entries)
 
     def get(self, key: ModuleKey) -> IndexEntry | None:
-        return self._entries.get(entry_name(key))
+        with self._lock:
+            return self._entries.get(entry_name(key))
 
     def record(self, key: ModuleKey, sha256: str, size: int, now: float) -> None:
         entry = IndexEntry(sha256, size, now)
-        if self._entries.get(entry_name(key)) != entry:
-            self._entries[entry_name(key)] = entry
-            self._save()
+        with self._lock:
+            if self._entries.get(entry_name(key)) != entry:
+                self._entries[entry_name(key)] = entry
+                self._save()
 
     def touch(self, keys: Iterable[ModuleKey], now: float) -> None:
-        for key in keys:
-            entry = self._entries.get(entry_name(key))
-            if entry is not None:
-                self._entries[entry_name(key)] = IndexEntry(entry.sha256, entry.size, now)
-        self._save()
+        with self._lock:
+            for key in keys:
+                entry = self._entries.get(entry_name(key))
+                if entry is not None:
+                    self._entries[entry_name(key)] = IndexEntry(entry.sha256, entry.size, now)
+            self._save()
 
     def forget(self, names: Iterable[str]) -> None:
-        for name in names:
-            self._entries.pop(name, None)
-        self._save()
+        with self._lock:
+            for name in names:
+                self._entries.pop(name, None)
+            self._save()
 
     def _load(self) -> dict[str, IndexEntry]:
         try:
@@ -85,11 +93,5 @@ class ModuleIndex:
         text = json.dumps(
             {"format": _FORMAT, "modules": {n: asdict(e) for n, e in sorted(self._entries.items())}}, indent=1
         )
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".index-")
-        try:
-            with os.fdopen(handle, "w") as out:
-                out.write(text)
-            os.replace(temporary, self.path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        # Owner only: the urls it names may carry credentials.
+        write_atomically(self.path, text.encode(), 0o600)

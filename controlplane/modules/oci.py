@@ -18,7 +18,15 @@ from controlplane.image_reference import DOCKER_HUB, ImageReference, InvalidRefe
 from controlplane.model import RegistryCredential
 from controlplane.modules.archive import unpack
 from controlplane.modules.credentials import credential_for
-from controlplane.modules.download import Fetched, FetchFailed, FetchSettings, call_with_retries, tls_context
+from controlplane.modules.download import (
+    Fetched,
+    FetchFailed,
+    FetchSettings,
+    call_with_retries,
+    deadline,
+    read_capped,
+    tls_context,
+)
 from controlplane.modules.image import (
     ACCEPTED_MANIFESTS,
     INDEX_TYPES,
@@ -68,6 +76,8 @@ class _Registry:
         self._base = f"{'http' if self._insecure else 'https'}://{host}/v2/{image.repository}"
         self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls_context(settings)))
         self._authorization = ""
+        self._until = deadline(settings)
+        """One deadline for the manifests, token and blob of this pull."""
 
     def manifest(self, reference: str) -> tuple[dict[str, Any], str, str]:
         """The manifest's JSON, its digest and its media type; a manifest asked for by digest must have it."""
@@ -93,7 +103,9 @@ class _Registry:
         return body
 
     def _get(self, path: str, accept: str, limit: int, what: str) -> tuple[bytes, Message]:
-        return call_with_retries(lambda: self._get_once(self._base + path, accept, limit, what), what, self._settings)
+        return call_with_retries(
+            lambda: self._get_once(self._base + path, accept, limit, what), what, self._settings, self._until
+        )
 
     def _get_once(self, url: str, accept: str, limit: int, what: str) -> tuple[bytes, Message]:
         try:
@@ -114,10 +126,7 @@ class _Registry:
             # Unredirected: blob downloads are often redirected to storage that must not see the credential.
             request.add_unredirected_header("Authorization", self._authorization)
         with self._opener.open(request, timeout=self._settings.timeout_seconds) as response:
-            content = response.read(limit + 1)
-            if len(content) > limit:
-                raise FetchFailed(f"{what} is larger than the limit of {limit} bytes")
-            return content, response.headers
+            return read_capped(response, limit, what, self._until), response.headers
 
     def _authorize(self, challenge: str) -> str:
         """The Authorization header value that answers a registry's 401 challenge."""
@@ -150,14 +159,14 @@ class _Registry:
         def fetch() -> bytes:
             try:
                 with self._opener.open(request, timeout=self._settings.timeout_seconds) as response:
-                    return bytes(response.read(MAX_MANIFEST_BYTES))
+                    return read_capped(response, MAX_MANIFEST_BYTES, what, self._until)
             except urllib.error.HTTPError as exc:
                 if exc.code in (401, 403):
                     raise FetchFailed(f"{what}: refused (HTTP {exc.code}); check the registry credential") from None
                 raise
 
         try:
-            answer = json.loads(call_with_retries(fetch, what, self._settings))
+            answer = json.loads(call_with_retries(fetch, what, self._settings, self._until))
             token = answer.get("token") or answer.get("access_token")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             token = None

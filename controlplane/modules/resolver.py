@@ -2,7 +2,8 @@
 when the state of a module changes. Fetches run concurrently, so a slow one holds up no other plugin; one
 url is fetched once at a time. Failed modules are retried in the background with exponential backoff, so
 the real plugin replaces its stand-in as soon as a fetch succeeds; modules pulled `Always` are pulled again
-when a plugin using them changes and every repull interval."""
+when a plugin using them changes, every repull interval and after a restart (their cached copy serving
+meanwhile). Disk work (hashing, writing modules and the index) runs in worker threads, off the loop."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
-from controlplane.modules.download import FetchFailed, FetchSettings
+from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential, WasmPlugin
+from controlplane.modules.download import FetchFailed, FetchSettings, redact
 from controlplane.modules.fetch import fetch_module, is_local
 from controlplane.modules.index import ModuleIndex, entry_name, expired
 from controlplane.modules.policy import ModuleRequest
@@ -74,20 +76,24 @@ class ModuleResolver:
             if key in self._fetching:
                 continue
             status = self._statuses.get(key)
-            if status is None and not request.always and self._from_cache(request):
-                continue
             changed = request.revision != self._fetched_revision.get(key)
             if (
                 status is None
                 or is_local(key.url)
                 or (changed and (request.always or isinstance(status, ModuleFailed)))
             ):
-                self._start(key)
+                self._start(key, use_cache=status is None)
 
     async def settled(self) -> None:
         """Waits until no fetch is under way."""
         while self._fetching:
             await asyncio.gather(*self._fetching.values(), return_exceptions=True)
+
+    async def available(self) -> None:
+        """Waits until every module being fetched has a status: one served from the cache while it is
+        pulled again holds nothing up."""
+        while pending := [task for key, task in self._fetching.items() if key not in self._statuses]:
+            await asyncio.wait(pending, timeout=self._settings.tick_seconds)
 
     async def run(self) -> None:
         """Retries, re-pulls and purges, for as long as the server runs."""
@@ -106,40 +112,54 @@ class ModuleResolver:
                 ):
                     self._start(key)
             if now >= next_purge:
-                self.purge(time.time())
+                await self.purge(time.time())
                 next_purge = now + self._settings.purge_interval_seconds
             await asyncio.sleep(self._settings.tick_seconds)
 
-    def purge(self, now: float) -> None:
+    async def purge(self, now: float) -> None:
         """Forgets and deletes the modules nothing has used for the module expiry."""
-        self._index.touch(self._requests, now)
-        wanted = [entry_name(key) for key in self._requests]
-        self._index.forget(expired(self._index.entries, wanted, now, self._settings.module_expiry_seconds))
-        keep = {e.sha256 for e in self._index.entries.values()}
-        keep |= {s.sha256 for s in self._statuses.values() if isinstance(s, ModuleReady)}
-        for sha256 in self._store.purge(keep, now - self._settings.module_expiry_seconds):
+        wanted = list(self._requests)
+        serving = {s.sha256 for s in self._statuses.values() if isinstance(s, ModuleReady)}
+        for sha256 in await asyncio.to_thread(self._purge_files, wanted, serving, now):
             log.info("deleted module %s from the cache: unused for %.0fs", sha256, self._settings.module_expiry_seconds)
 
-    def _from_cache(self, request: ModuleRequest) -> bool:
-        """A module pulled before (maybe before a restart) serves without asking the registry."""
-        entry = self._index.get(request.key)
-        if entry is None or is_local(request.key.url) or not self._store.intact(entry.sha256):
+    def _purge_files(self, wanted: list[ModuleKey], serving: set[str], now: float) -> list[str]:
+        """Blocking: from a worker thread."""
+        expiry = self._settings.module_expiry_seconds
+        self._index.touch(wanted, now)
+        self._index.forget(expired(self._index.entries, [entry_name(k) for k in wanted], now, expiry))
+        keep = serving | {e.sha256 for e in self._index.entries.values()}
+        return self._store.purge(keep, now - expiry)
+
+    async def _serve_cached(self, request: ModuleRequest) -> bool:
+        """A module pulled before (maybe before a restart) serves without asking the registry; one pulled
+        `Always` serves too, while it is pulled again, as it would on a server that kept running."""
+        key = request.key
+        entry = self._index.get(key)
+        if entry is None or is_local(key.url) or not await asyncio.to_thread(self._store.intact, entry.sha256):
             return False
-        self._set(request.key, ModuleReady(entry.sha256, entry.size))
-        self._fetched_revision[request.key] = request.revision
-        log.info("module %s: serving %s from the cache", request.key.url, entry.sha256)
+        if key not in self._requests:
+            return True  # no plugin wants it any more
+        self._set(key, ModuleReady(entry.sha256, entry.size))
+        self._fetched_revision[key] = request.revision
+        again = "; a cached copy: pulling it again (imagePullPolicy Always)" if request.always else ""
+        log.info("module %s: serving %s from the cache%s", redact(key.url), entry.sha256, again)
         return True
 
-    def _start(self, key: ModuleKey) -> None:
+    def _start(self, key: ModuleKey, use_cache: bool = False) -> None:
         self._retry_at.pop(key, None)
-        self._fetching[key] = asyncio.create_task(self._fetch(self._requests[key]))
+        self._fetching[key] = asyncio.create_task(self._fetch(self._requests[key], use_cache))
 
-    async def _fetch(self, request: ModuleRequest) -> None:
+    async def _fetch(self, request: ModuleRequest, use_cache: bool) -> None:
         key = request.key
         try:
+            if use_cache and await self._serve_cached(request) and (not request.always or key not in self._requests):
+                return
             lock = self._url_locks.setdefault(key.url, asyncio.Lock())
             async with lock:
                 status = await resolve_module(key, self._store, self._settings.fetch, request.credentials)
+            if isinstance(status, ModuleReady):
+                await asyncio.to_thread(self._index.record, key, status.sha256, status.size, time.time())
         finally:
             self._fetching.pop(key, None)
         if key not in self._requests:
@@ -147,29 +167,34 @@ class ModuleResolver:
         self._fetched_revision[key] = request.revision
         previous = self._statuses.get(key)
         if isinstance(status, ModuleFailed):
-            self._schedule_retry(key, status)
+            delay = self._schedule_retry(key)
             if isinstance(previous, ModuleReady) and not is_local(key.url):
                 log.error(
-                    "module %s: pulling again failed (%s); still serving %s", key.url, status.reason, previous.sha256
+                    "module %s: pulling again failed (%s); still serving %s; trying again in %.1fs",
+                    redact(key.url),
+                    status.reason,
+                    previous.sha256,
+                    delay,
                 )
                 return
+            log.error("module %s unavailable: %s; trying again in %.1fs", redact(key.url), status.reason, delay)
         else:
             if isinstance(previous, ModuleFailed):
-                log.info("module %s is available now: the plugin replaces its stand-in", key.url)
+                log.info("module %s is available now: the plugin replaces its stand-in", redact(key.url))
             self._failures.pop(key, None)
             self._fetched_at[key] = time.monotonic()
-            self._index.record(key, status.sha256, status.size, time.time())
         self._set(key, status)
         current = self._requests.get(key)
         if current is not None and current.revision != request.revision and current.always:
             self._start(key)  # the plugin changed while its module was being pulled
 
-    def _schedule_retry(self, key: ModuleKey, status: ModuleFailed) -> None:
+    def _schedule_retry(self, key: ModuleKey) -> float:
+        """Seconds until the next try: exponential backoff with jitter."""
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         delay = min(self._settings.retry_max_seconds, self._settings.retry_first_seconds * 2 ** (failures - 1))
         delay *= 0.75 + random.random() / 2
         self._retry_at[key] = time.monotonic() + delay
-        log.error("module %s unavailable: %s; trying again in %.1fs", key.url, status.reason, delay)
+        return delay
 
     def _set(self, key: ModuleKey, status: ModuleStatus) -> None:
         if self._statuses.get(key) != status:
@@ -192,5 +217,33 @@ async def resolve_module(
         )
     except (FetchFailed, ModuleRejected) as exc:
         return ModuleFailed(str(exc))
-    store.put(fetched.content)
+    await asyncio.to_thread(store.put, fetched.content)
     return ModuleReady(sha256, len(fetched.content))
+
+
+def module_views(plugins: Iterable[WasmPlugin], statuses: Mapping[ModuleKey, ModuleStatus]) -> list[dict[str, Any]]:
+    """One entry per module key, for the status view: plugins with the same url but another sha256 or pull
+    secret are other modules, so the url alone does not name one. The url is shown redacted."""
+    users: dict[ModuleKey, list[str]] = {}
+    for plugin in plugins:
+        users.setdefault(plugin.module, []).append(f"{plugin.namespace}/{plugin.name}")
+    return [_module_view(key, sorted(names), statuses.get(key)) for key, names in sorted(users.items(), key=_order)]
+
+
+def _order(item: tuple[ModuleKey, list[str]]) -> tuple[str, str, str]:
+    key = item[0]
+    return redact(key.url), key.sha256, key.pull_secret
+
+
+def _module_view(key: ModuleKey, plugins: list[str], status: ModuleStatus | None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "url": redact(key.url),
+        "sha256": key.sha256,
+        "pull_secret": key.pull_secret,
+        "plugins": plugins,
+    }
+    if isinstance(status, ModuleReady):
+        return {**view, "state": "ready", "module_sha256": status.sha256, "size": status.size}
+    if isinstance(status, ModuleFailed):
+        return {**view, "state": "failed", "reason": status.reason}
+    return {**view, "state": "fetching"}

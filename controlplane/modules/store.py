@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,9 +14,12 @@ _MODULE_FILE = re.compile(r"^([a-f0-9]{64})\.wasm$")
 
 
 class ModuleStore:
+    """Blocking: called from worker threads. A lock keeps a purge from deleting a module being put."""
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
 
     def path(self, sha256: str) -> Path:
         return self.root / f"{sha256}.wasm"
@@ -27,17 +31,12 @@ class ModuleStore:
         """Stores `content` and returns its sha256. Written to a temporary name and renamed, so a reader
         never sees half a module; a damaged copy already there is replaced."""
         sha256 = hashlib.sha256(content).hexdigest()
-        target = self.path(sha256)
-        if not self.intact(sha256):
-            handle, temporary = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    out.write(content)
-                os.chmod(temporary, 0o644)
-                os.replace(temporary, target)
-            except BaseException:
-                os.unlink(temporary)
-                raise
+        with self._lock:
+            if self.intact(sha256):
+                os.utime(self.path(sha256))  # fetched again: young again for `purge`
+            else:
+                # Readable by all: with local delivery, proxies running as another user read the file.
+                write_atomically(self.path(sha256), content, 0o644)
         return sha256
 
     def intact(self, sha256: str) -> bool:
@@ -50,12 +49,27 @@ class ModuleStore:
 
     def purge(self, keep: Iterable[str], older_than: float) -> list[str]:
         """Deletes the modules not in `keep` last written before `older_than` (seconds since the epoch), and
-        returns their sha256s. Modules are written once, so a file's mtime is when it was fetched."""
+        returns their sha256s. A file's mtime is when it was last fetched."""
         keep = set(keep)
         removed = []
-        for entry in os.scandir(self.root):
-            match = _MODULE_FILE.match(entry.name)
-            if match and match.group(1) not in keep and entry.stat().st_mtime < older_than:
-                os.unlink(entry.path)
-                removed.append(match.group(1))
+        with self._lock:
+            for entry in os.scandir(self.root):
+                match = _MODULE_FILE.match(entry.name)
+                if match and match.group(1) not in keep and entry.stat().st_mtime < older_than:
+                    os.unlink(entry.path)
+                    removed.append(match.group(1))
         return removed
+
+
+def write_atomically(target: Path, content: bytes, mode: int) -> None:
+    """Writes to a temporary name beside `target` and renames it over, so that a reader (or a restart after
+    a crash) sees the old file or the new one, never half of one."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(content)
+        os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    except BaseException:
+        os.unlink(temporary)
+        raise
