@@ -6,25 +6,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 
+from controlplane.admin import config_view, metrics_text, proxies_view
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpServer
 from controlplane.model import ModuleReady, ModuleStatus, PluginType, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests
-from controlplane.modules.resolver import ModuleResolver, ResolverSettings, module_views
+from controlplane.modules.resolver import ModuleResolver, ResolverSettings
 from controlplane.modules.store import ModuleStore
 from controlplane.node import proxy_class
 from controlplane.source.directory import LoadedDirectory, load_directory
 from controlplane.source.serving_record import read_record, record_of, write_record
 from controlplane.source.settle import SettleSettings, git_busy, settle
-from controlplane.source.status import file_status
 from controlplane.source.watcher import WRITE_GRACE_SECONDS, DirectoryWatcher
 from controlplane.translate.resources import TranslateSettings, ecds_name, host_for_url, translate
 from controlplane.translate.selection import select_plugins
@@ -86,7 +84,11 @@ class ControlPlane:
             self.store,
             loop,
             self.ready.is_set,
-            {"/debug/config": self.config_status, "/debug/proxies": self.proxy_status, "/metrics": self.metrics},
+            {
+                "/debug/config": lambda: config_view(self.loaded, self.modules.statuses),
+                "/debug/proxies": lambda: proxies_view(self.xds.connections.values()),
+                "/metrics": lambda: metrics_text(self.ready.is_set(), self.loaded, self.modules.statuses, self.xds),
+            },
         )
         self.http_port = self._http.port
         self._http.start()
@@ -198,88 +200,6 @@ class ControlPlane:
                 await self.reload()
             except Exception:  # a bug in one reload must not stop the server from taking the next
                 log.exception("reload failed; still serving the previous config")
-
-    def config_status(self) -> dict[str, Any]:
-        return {
-            "errors": [str(e) for e in self.loaded.errors],
-            "files": file_status(self.loaded),
-            "serving": [
-                {
-                    "kind": key.kind,
-                    "namespace": key.namespace,
-                    "name": key.name,
-                    "source": str(served.value.source),
-                    "last_good": served.stale,
-                }
-                for key, served in self.loaded.served.items()
-            ],
-            "modules": module_views(self.loaded.config.plugins, self.modules.statuses),
-        }
-
-    def metrics(self) -> str:
-        """Prometheus text exposition."""
-        statuses = self.modules.statuses
-        module_states = {"ready": 0, "failed": 0, "fetching": 0}
-        for plugin in self.loaded.config.plugins:
-            status = statuses.get(plugin.module)
-            module_states["ready" if isinstance(status, ModuleReady) else "failed" if status else "fetching"] += 1
-        rejecting = Counter(t for c in self.xds.connections.values() for t, s in c.types.items() if s.error)
-        lines = [
-            *_metric_lines("controlplane_ready", "1 once the directory is loaded.", {"": float(self.ready.is_set())}),
-            *_metric_lines(
-                "controlplane_config_errors", "Errors in the config directory.", {"": len(self.loaded.errors)}
-            ),
-            *_metric_lines(
-                "controlplane_plugins",
-                "WasmPlugins served, by the state of their module.",
-                dict(module_states),
-                "module",
-            ),
-            *_metric_lines("controlplane_proxies_connected", "Proxy streams open.", {"": len(self.xds.connections)}),
-            *_metric_lines(
-                "controlplane_xds_responses_total",
-                "Responses sent, by type.",
-                dict(self.xds.responses_sent),
-                "type_url",
-            ),
-            *_metric_lines(
-                "controlplane_xds_rejections_total", "NACKs received, by type.", dict(self.xds.rejections), "type_url"
-            ),
-            *_metric_lines(
-                "controlplane_proxies_rejecting",
-                "Proxies whose last answer was a NACK, by type.",
-                dict(rejecting),
-                "type_url",
-            ),
-        ]
-        return "\n".join(lines) + "\n"
-
-    def proxy_status(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "node": c.node_id,
-                "class": str(c.key),
-                "protocol": c.protocol,
-                "types": {
-                    type_url: {
-                        "sent": s.sent_version,
-                        "acked": s.acked_version,
-                        "rejected": s.rejected_version,
-                        "error": s.error,
-                    }
-                    for type_url, s in c.types.items()
-                },
-            }
-            for c in self.xds.connections.values()
-        ]
-
-
-def _metric_lines(name: str, help_text: str, samples: dict[str, float], label: str = "") -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {'counter' if name.endswith('_total') else 'gauge'}"]
-    for key, value in sorted(samples.items()):
-        labels = f'{{{label}="{key}"}}' if label else ""
-        lines.append(f"{name}{labels} {value:g}")
-    return lines
 
 
 async def serve(settings: ServeSettings) -> None:
