@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,57 +63,62 @@ def start_ecds_only_envoy(
     return run_envoy(processes, tmp_path, "ecds-only", bootstrap), listen_port
 
 
-@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
-def test_example_bootstrap_takes_the_plugin_over_ecds(
-    api_type: str, tmp_path: Path, httpbin_port: int, processes: list[Process]
-) -> None:
-    config_dir = tmp_path / "config"
-    config_dir.mkdir()
-    (config_dir / "ratelimit.yaml").write_text(plugin(RATELIMIT_WASM))
-    control_plane = start_control_plane(processes, config_dir, tmp_path)
-    envoy, listen_port = start_ecds_only_envoy(processes, tmp_path, control_plane, httpbin_port, api_type)
+@dataclass
+class EcdsOnly:
+    config_dir: Path
+    control_plane: ControlPlaneProcess
+    envoy: EnvoyProcess
+    port: int
 
-    wait_for(lambda: "who-am-i" in http_get(listen_port).headers, what="the plugin over ECDS")
-    assert "extensions.istio.io/wasmplugin/default.ratelimit" in envoy.extension_configs()
-    wait_for(lambda: [r.status for r in burst(listen_port, 3)][-1] == 429, what="the rate limit to bite")
-    [connection] = control_plane.status("proxies")
+
+@pytest.fixture
+def ecds_only(tmp_path: Path, httpbin_port: int, processes: list[Process]) -> Callable[..., EcdsOnly]:
+    """The rate limiter in a directory, a control plane (given extra `serve` flags), and an Envoy with the
+    example bootstrap running it; the ECDS stream's api_type is the first argument."""
+
+    def start(api_type: str, *flags: str) -> EcdsOnly:
+        config_dir = tmp_path / "config"
+        config_dir.mkdir()
+        (config_dir / "ratelimit.yaml").write_text(plugin(RATELIMIT_WASM))
+        control_plane = start_control_plane(processes, config_dir, tmp_path, *flags)
+        envoy, port = start_ecds_only_envoy(processes, tmp_path, control_plane, httpbin_port, api_type)
+        wait_for(lambda: "who-am-i" in http_get(port).headers, what="the plugin over ECDS")
+        return EcdsOnly(config_dir, control_plane, envoy, port)
+
+    return start
+
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_example_bootstrap_takes_the_plugin_over_ecds(api_type: str, ecds_only: Callable[..., EcdsOnly]) -> None:
+    stack = ecds_only(api_type)
+    assert "extensions.istio.io/wasmplugin/default.ratelimit" in stack.envoy.extension_configs()
+    wait_for(lambda: [r.status for r in burst(stack.port, 3)][-1] == 429, what="the rate limit to bite")
+    [connection] = stack.control_plane.status("proxies")
     assert connection["protocol"] == ("delta" if api_type == "DELTA_GRPC" else "sotw")
     assert list(connection["types"]) == ["type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"]
 
 
 @pytest.mark.parametrize("delivery", ["remote", "local"])
 def test_a_new_module_applies_to_a_listener_that_never_warms_again(
-    delivery: str, tmp_path: Path, httpbin_port: int, processes: list[Process]
+    delivery: str, tmp_path: Path, ecds_only: Callable[..., EcdsOnly]
 ) -> None:
-    config_dir = tmp_path / "config"
-    config_dir.mkdir()
-    (config_dir / "ratelimit.yaml").write_text(plugin(RATELIMIT_WASM))
-    control_plane = start_control_plane(processes, config_dir, tmp_path, "--module-delivery", delivery)
-    envoy, listen_port = start_ecds_only_envoy(processes, tmp_path, control_plane, httpbin_port, "GRPC")
-    wait_for(lambda: "who-am-i" in http_get(listen_port).headers, what="the first module")
-
-    write_atomically(config_dir / "ratelimit.yaml", plugin(ORDER_MARKER_WASM))
-    wait_for(lambda: http_get(listen_port).headers.get("x-plugin-order") == "marker", what="the new module")
-    code = envoy.extension_configs()["extensions.istio.io/wasmplugin/default.ratelimit"]["config"]["vm_config"]
+    stack = ecds_only("GRPC", "--module-delivery", delivery)
+    write_atomically(stack.config_dir / "ratelimit.yaml", plugin(ORDER_MARKER_WASM))
+    wait_for(lambda: http_get(stack.port).headers.get("x-plugin-order") == "marker", what="the new module")
+    code = stack.envoy.extension_configs()["extensions.istio.io/wasmplugin/default.ratelimit"]["config"]["vm_config"]
     if delivery == "local":
         assert code["code"]["local"]["filename"].startswith(str(tmp_path / "cache"))
     else:
         # Envoy fetches remote code only while a listener warms, which a listener of its own never does again.
         assert "inline_bytes" in code["code"]["local"]
-    assert "who-am-i" not in http_get(listen_port).headers
+    assert "who-am-i" not in http_get(stack.port).headers
 
 
 @pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
 def test_a_deleted_plugin_stops_running_on_a_listener_that_still_names_it(
-    api_type: str, tmp_path: Path, httpbin_port: int, processes: list[Process]
+    api_type: str, ecds_only: Callable[..., EcdsOnly]
 ) -> None:
-    config_dir = tmp_path / "config"
-    config_dir.mkdir()
-    (config_dir / "ratelimit.yaml").write_text(plugin(RATELIMIT_WASM))
-    control_plane = start_control_plane(processes, config_dir, tmp_path)
-    _, listen_port = start_ecds_only_envoy(processes, tmp_path, control_plane, httpbin_port, api_type)
-    wait_for(lambda: "who-am-i" in http_get(listen_port).headers, what="the plugin")
-
-    (config_dir / "ratelimit.yaml").unlink()
-    wait_for(lambda: "who-am-i" not in http_get(listen_port).headers, what="the plugin to stop")
-    assert [r.status for r in burst(listen_port, 5)] == [200] * 5
+    stack = ecds_only(api_type)
+    (stack.config_dir / "ratelimit.yaml").unlink()
+    wait_for(lambda: "who-am-i" not in http_get(stack.port).headers, what="the plugin to stop")
+    assert [r.status for r in burst(stack.port, 5)] == [200] * 5
