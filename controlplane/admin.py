@@ -79,6 +79,11 @@ def metrics_text(
 def _metric(name: str, help_text: str, samples: Mapping[str, float], label: str = "") -> list[str]:
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {'counter' if name.endswith('_total') else 'gauge'}"]
     for key, value in sorted(samples.items()):
-        labels = f'{{{label}="{key}"}}' if label else ""
+        labels = f'{{{label}="{_escaped(key)}"}}' if label else ""
         lines.append(f"{name}{labels} {value:g}")
     return lines
+
+
+def _escaped(value: str) -> str:
+    """A label value as the Prometheus text format wants it."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -79,7 +79,8 @@ def main() -> None:
         for stream in range(STREAMS):
             connection: Connection[ProxyClass] = Connection(f"proxy-{stream}", proxy, "sotw", 0.0)
             for type_url in (CLUSTER, LISTENER, EXTENSION_CONFIG):
-                connection.types[type_url] = TypeState(names=names if type_url == EXTENSION_CONFIG else None)
+                wildcard = type_url != EXTENSION_CONFIG
+                connection.types[type_url] = TypeState(wildcard=wildcard, names=frozenset() if wildcard else names)
             responses = SotwProtocol(connection, lambda: snapshot, nonces).on_change()
             sent += sum(len(r.SerializeToString()) for r in responses)
         return sent

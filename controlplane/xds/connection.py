@@ -8,6 +8,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from controlplane.xds.snapshot import Resources
+
 K = TypeVar("K", bound=Hashable)
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,10 @@ MAX_OUTSTANDING = 16
 
 @dataclass
 class TypeState:
-    names: frozenset[str] | None = None
-    """The subscribed names; None: every resource of the type (wildcard)."""
+    wildcard: bool = False
+    """Subscribed to every resource of the type, besides any names."""
+    names: frozenset[str] = frozenset()
+    """The names subscribed to explicitly; they stay subscribed when the wildcard is dropped."""
     nonce: str = ""
     """The nonce of the latest response; a request carrying another one answers an older response."""
     sent_version: str = ""
@@ -45,6 +49,9 @@ class TypeState:
     outstanding: dict[str, Outstanding] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     """Resource name to the error of the NACK that rejected it, until a later response with it is ACKed."""
+
+    def subscribed(self, available: Resources) -> Resources:
+        return available if self.wildcard else available.subset(self.names)
 
     def sending(self, nonce: str, version: str, names: frozenset[str]) -> None:
         self.nonce, self.sent_version = nonce, version

@@ -12,14 +12,13 @@ from controlplane.xds.snapshot import (
     EXTENSION_CONFIG,
     PUSH_ORDER,
     REFERENCED_TYPES,
+    WILDCARD,
     WILDCARD_TYPES,
     Resource,
     Snapshot,
 )
 
 K = TypeVar("K", bound=Hashable)
-
-WILDCARD = "*"
 
 
 class DeltaProtocol(Generic[K]):
@@ -29,33 +28,41 @@ class DeltaProtocol(Generic[K]):
         self._connection = connection
         self._snapshot = snapshot
         self._nonces = nonces
+        self._pushed: str | None = None
+        """The version of the snapshot this stream was last brought up to."""
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         type_url = request.type_url
         first = type_url not in self._connection.types
-        state = self._connection.types.setdefault(type_url, TypeState(names=frozenset()))
+        state = self._connection.types.setdefault(type_url, TypeState())
         if request.response_nonce:
             error = request.error_detail.message if request.HasField("error_detail") else None
             log_rejection(self._connection, type_url, request.response_nonce, error)
         # Unlike acknowledgements, subscription changes count even on a request with a stale nonce.
-        names = set(state.names or ())
-        wildcard = state.names is None
         subscribe = set(request.resource_names_subscribe)
+        unsubscribe = set(request.resource_names_unsubscribe)
         if first:
             state.known = dict(request.initial_resource_versions)
-            wildcard = type_url in WILDCARD_TYPES and (not subscribe or WILDCARD in subscribe)
-        elif WILDCARD in subscribe:
-            wildcard = True
-        if WILDCARD in request.resource_names_unsubscribe:
-            wildcard = False
-        names |= subscribe - {WILDCARD}
-        for name in request.resource_names_unsubscribe:
-            names.discard(name)
+            # A first request naming nothing subscribes to everything of a wildcard type (legacy wildcard).
+            state.wildcard = type_url in WILDCARD_TYPES and not subscribe
+        state.wildcard = (state.wildcard or WILDCARD in subscribe) and WILDCARD not in unsubscribe
+        state.names = frozenset((state.names | subscribe) - unsubscribe - {WILDCARD})
+        for name in unsubscribe:
             state.known.pop(name, None)  # the proxy forgets what it unsubscribes from
-        state.names = None if wildcard else frozenset(names)
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return []
+        if self._pushed is None:
+            self._pushed = snapshot.version
+        elif snapshot.version != self._pushed:
+            # A change not pushed yet: answering this type alone from it would break make-before-break.
+            return self.on_change()
         return self._updates(type_url, state, include_removals=True)
 
     def on_change(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        snapshot = self._snapshot()
+        if snapshot is not None:
+            self._pushed = snapshot.version
         types = self._connection.types
         ordered = [*PUSH_ORDER, *sorted(set(types) - set(PUSH_ORDER))]
         # Make before break: what a listener uses is added before the listener and removed after it; a
@@ -78,15 +85,13 @@ class DeltaProtocol(Generic[K]):
         if snapshot is None:
             return []
         available = snapshot.resources(type_url)
-        wanted = (
-            available.items if state.names is None else {n: r for n, r in available.items.items() if n in state.names}
-        )
+        wanted = state.subscribed(available).items
         changed = [r for n, r in wanted.items() if state.known.get(n) != r.version]
         removed = sorted(n for n in state.known if n not in wanted) if include_removals else []
         if type_url == EXTENSION_CONFIG:
             # A removed filter config leaves a listener that still names it answering 500s; it goes only
             # once no listener names it, which is when Envoy unsubscribes from it.
-            removed = [n for n in removed if state.names is None or n not in state.names]
+            removed = [n for n in removed if state.wildcard or n not in state.names]
         if not changed and not removed:
             return []
         for resource in changed:

@@ -19,7 +19,7 @@ from envoy.service.extension.v3 import config_discovery_pb2_grpc
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.connection import Connection, InvalidNode
 from controlplane.xds.delta import DeltaProtocol
-from controlplane.xds.snapshot import EXTENSION_CONFIG
+from controlplane.xds.snapshot import EXTENSION_CONFIG, SERVED_TYPES
 from controlplane.xds.sotw import SotwProtocol
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,9 @@ class DiscoveryServer(Generic[K]):
                 elif only_type is not None and item.type_url != only_type:  # type: ignore[attr-defined]
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"this service serves only {only_type}")
                     return
+                elif item.type_url not in SERVED_TYPES:  # type: ignore[attr-defined]
+                    # Nothing of that type is served: no state for it, so that no client can grow ours.
+                    responses = []
                 else:
                     if item.HasField("error_detail"):  # type: ignore[attr-defined]
                         self.rejections[item.type_url] += 1  # type: ignore[attr-defined]

@@ -13,6 +13,8 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
+SERVED_TYPES = frozenset({CLUSTER, LISTENER, EXTENSION_CONFIG})
+WILDCARD = "*"
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 """Types that Envoy requests as a whole, and whose resources are deleted by leaving them out."""
 

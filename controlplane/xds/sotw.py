@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds.connection import Connection, TypeState, log_rejection
-from controlplane.xds.snapshot import CLUSTER, EMPTY, PUSH_ORDER, WILDCARD_TYPES, Resources, Snapshot
+from controlplane.xds.snapshot import CLUSTER, EMPTY, PUSH_ORDER, WILDCARD, WILDCARD_TYPES, Resources, Snapshot
 
 K = TypeVar("K", bound=Hashable)
 
@@ -21,6 +21,8 @@ class SotwProtocol(Generic[K]):
         self._snapshot = snapshot
         self._nonces = nonces
         self._sent: dict[str, Resources] = {}
+        self._pushed: str | None = None
+        """The version of the snapshot this stream was last brought up to."""
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
         state = self._connection.types.setdefault(request.type_url, TypeState())
@@ -30,16 +32,20 @@ class SotwProtocol(Generic[K]):
             if request.response_nonce != state.nonce:
                 return []  # answers a response that a newer one has replaced: the protocol says ignore it
         names = frozenset(request.resource_names)
-        wildcard = request.type_url in WILDCARD_TYPES and (not names or "*" in names)
-        subscription = None if wildcard else names
-        changed_subscription = subscription != state.names
-        state.names = subscription
+        wildcard = request.type_url in WILDCARD_TYPES and (not names or WILDCARD in names)
+        changed_subscription = (wildcard, names - {WILDCARD}) != (state.wildcard, state.names)
+        state.wildcard, state.names = wildcard, names - {WILDCARD}
         if request.response_nonce and not changed_subscription:
             return []
         snapshot = self._snapshot()
         if snapshot is None:
             return []
-        resources = self._subscribed(state, request.type_url, snapshot)
+        if self._pushed is None:
+            self._pushed = snapshot.version
+        elif snapshot.version != self._pushed:
+            # A change not pushed yet: answering this type alone from it would break make-before-break.
+            return self.on_change()
+        resources = state.subscribed(snapshot.resources(request.type_url))
         if not request.response_nonce and request.version_info and request.version_info == resources.version:
             # A proxy back from a reconnect (to this server or a replica) that already holds exactly this:
             # answering would only make it re-apply its config.
@@ -52,6 +58,7 @@ class SotwProtocol(Generic[K]):
         snapshot = self._snapshot()
         if snapshot is None:
             return []
+        self._pushed = snapshot.version
         responses: list[discovery_pb2.DiscoveryResponse] = []
         types = self._connection.types
         clusters_before = self._sent.get(CLUSTER, EMPTY)
@@ -61,7 +68,7 @@ class SotwProtocol(Generic[K]):
             state = types.get(type_url)
             if state is None:
                 continue
-            resources = self._subscribed(state, type_url, snapshot)
+            resources = state.subscribed(snapshot.resources(type_url))
             if type_url == CLUSTER and removed_clusters:
                 # Make before break: keep the clusters the current listeners may use until they change.
                 resources = Resources.of([*resources.items.values(), *removed_clusters])
@@ -72,12 +79,8 @@ class SotwProtocol(Generic[K]):
             responses += self._send(types[CLUSTER], CLUSTER, clusters_after)
         return responses
 
-    def _subscribed(self, state: TypeState, type_url: str, snapshot: Snapshot) -> Resources:
-        resources = snapshot.resources(type_url)
-        return resources if state.names is None else resources.subset(state.names)
-
     def _send(self, state: TypeState, type_url: str, resources: Resources) -> list[discovery_pb2.DiscoveryResponse]:
-        if state.names is not None and not resources.items:
+        if not state.wildcard and not resources.items:
             # Envoy takes an empty answer to a named subscription as a config with no resource and rejects
             # it; a name that does not exist yet is answered when it appears.
             return []
