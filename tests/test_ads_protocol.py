@@ -290,6 +290,8 @@ def test_delta_sends_changes_only_and_removes_after_the_listener(
             sidecar_yaml("a", free_port(), free_port(), {"app": "other"})
         )
         listener_removal = await client.receive()
+        assert await client.nothing_arrives(), "clusters go only once the listeners that used them have"
+        client.send_delta(LISTENER, nonce=listener_removal.nonce)
         cluster_removal = await client.receive()
         assert listener_removal.type_url == LISTENER and list(listener_removal.removed_resources) == _names(listeners)
         assert cluster_removal.type_url == CLUSTER and cluster_removal.resources == []
@@ -449,11 +451,12 @@ def test_delta_nack_of_the_first_of_two_responses_of_a_type_is_recorded(
             client.send_delta(type_url)
             client.send_delta(type_url, nonce=(await client.receive()).nonce)
         (tmp_path / "config" / "sidecars.yaml").write_text(sidecar_yaml("a", free_port(), free_port(), {"app": "a"}))
-        added, listeners, removed = [await client.receive() for _ in range(3)]
-        assert [r.type_url for r in (added, listeners, removed)] == [CLUSTER, LISTENER, CLUSTER]
+        added, listeners = await client.receive(), await client.receive()
         assert listeners.resources and listeners.removed_resources, "a listener's add and removal go together"
-        client.send_delta(CLUSTER, nonce=added.nonce, error="cluster rejected")
         client.send_delta(LISTENER, nonce=listeners.nonce)
+        removed = await client.receive()
+        assert [r.type_url for r in (added, listeners, removed)] == [CLUSTER, LISTENER, CLUSTER]
+        client.send_delta(CLUSTER, nonce=added.nonce, error="cluster rejected")
         client.send_delta(CLUSTER, nonce=removed.nonce)
         assert await client.nothing_arrives()
         state = control_plane.status("proxies")[0]["types"][CLUSTER]

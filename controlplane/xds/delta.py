@@ -10,6 +10,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.xds.connection import Connection, TypeState, log_rejection
 from controlplane.xds.snapshot import (
     EXTENSION_CONFIG,
+    LISTENER,
     PUSH_ORDER,
     REFERENCED_TYPES,
     WILDCARD,
@@ -30,14 +31,21 @@ class DeltaProtocol(Generic[K]):
         self._nonces = nonces
         self._pushed: str | None = None
         """The version of the snapshot this stream was last brought up to."""
+        self._removals_after: str | None = None
+        """The nonce of the listener response whose ACK lets what the listeners no longer use go."""
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         type_url = request.type_url
         first = type_url not in self._connection.types
         state = self._connection.types.setdefault(type_url, TypeState())
+        follow_up: list[discovery_pb2.DeltaDiscoveryResponse] = []
         if request.response_nonce:
             error = request.error_detail.message if request.HasField("error_detail") else None
             log_rejection(self._connection, type_url, request.response_nonce, error)
+            if type_url == LISTENER and request.response_nonce == self._removals_after:
+                self._removals_after = None
+                # After a NACK the listeners that use them may still be there: the next change tries again.
+                follow_up = [] if error is not None else self._removals()
         # Unlike acknowledgements, subscription changes count even on a request with a stale nonce.
         subscribe = set(request.resource_names_subscribe)
         unsubscribe = set(request.resource_names_unsubscribe)
@@ -56,8 +64,11 @@ class DeltaProtocol(Generic[K]):
             self._pushed = snapshot.version
         elif snapshot.version != self._pushed:
             # A change not pushed yet: answering this type alone from it would break make-before-break.
-            return self.on_change()
-        return self._updates(type_url, state, include_removals=True)
+            return follow_up + self.on_change()
+        # A first request (a proxy back from a reconnect) learns at once what is gone; later ones leave what
+        # listeners use to the removal pass after the listeners.
+        include_removals = first or type_url not in REFERENCED_TYPES
+        return follow_up + self._updates(type_url, state, include_removals=include_removals)
 
     def on_change(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         snapshot = self._snapshot()
@@ -73,10 +84,22 @@ class DeltaProtocol(Generic[K]):
             if t in types
             for r in self._updates(t, types[t], include_removals=t not in REFERENCED_TYPES)
         ]
-        for type_url in reversed(ordered):
-            if type_url in types and type_url in REFERENCED_TYPES:
-                responses += self._updates(type_url, types[type_url], include_removals=True)
+        listener_sent = [r for r in responses if r.type_url == LISTENER]
+        if listener_sent:
+            # What the listeners used goes once the proxy has taken the listeners that no longer use it.
+            self._removals_after = listener_sent[-1].nonce
+        elif self._removals_after is None:  # else they go when the listeners sent last are taken
+            responses += self._removals()
         return responses
+
+    def _removals(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        types = self._connection.types
+        return [
+            r
+            for t in reversed(PUSH_ORDER)
+            if t in types and t in REFERENCED_TYPES
+            for r in self._updates(t, types[t], include_removals=True)
+        ]
 
     def _updates(
         self, type_url: str, state: TypeState, include_removals: bool
@@ -87,7 +110,9 @@ class DeltaProtocol(Generic[K]):
         available = snapshot.resources(type_url)
         wanted = state.subscribed(available).items
         changed = [r for n, r in wanted.items() if state.known.get(n) != r.version]
-        removed = sorted(n for n in state.known if n not in wanted) if include_removals else []
+        # What the subscription no longer covers goes at once (the proxy asked); what is gone from the
+        # snapshot goes only with `include_removals`.
+        removed = sorted(n for n in state.known if n not in wanted and (include_removals or n in available.items))
         if type_url == EXTENSION_CONFIG:
             # A removed filter config leaves a listener that still names it answering 500s; it goes only
             # once no listener names it, which is when Envoy unsubscribes from it.

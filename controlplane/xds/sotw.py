@@ -8,7 +8,16 @@ from typing import Generic, TypeVar
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds.connection import Connection, TypeState, log_rejection
-from controlplane.xds.snapshot import CLUSTER, EMPTY, PUSH_ORDER, WILDCARD, WILDCARD_TYPES, Resources, Snapshot
+from controlplane.xds.snapshot import (
+    CLUSTER,
+    EMPTY,
+    LISTENER,
+    PUSH_ORDER,
+    WILDCARD,
+    WILDCARD_TYPES,
+    Resources,
+    Snapshot,
+)
 
 K = TypeVar("K", bound=Hashable)
 
@@ -23,20 +32,24 @@ class SotwProtocol(Generic[K]):
         self._sent: dict[str, Resources] = {}
         self._pushed: str | None = None
         """The version of the snapshot this stream was last brought up to."""
+        self._drop_clusters_after: str | None = None
+        """The nonce of the listener response whose ACK lets the clusters no longer used go."""
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
         state = self._connection.types.setdefault(request.type_url, TypeState())
+        follow_up: list[discovery_pb2.DiscoveryResponse] = []
         if request.response_nonce:
             error = request.error_detail.message if request.HasField("error_detail") else None
             log_rejection(self._connection, request.type_url, request.response_nonce, error)
+            follow_up = self._after_listener_reply(request)
             if request.response_nonce != state.nonce:
-                return []  # answers a response that a newer one has replaced: the protocol says ignore it
+                return follow_up  # answers a response a newer one has replaced: the protocol says ignore it
         names = frozenset(request.resource_names)
         wildcard = request.type_url in WILDCARD_TYPES and (not names or WILDCARD in names)
         changed_subscription = (wildcard, names - {WILDCARD}) != (state.wildcard, state.names)
         state.wildcard, state.names = wildcard, names - {WILDCARD}
         if request.response_nonce and not changed_subscription:
-            return []
+            return follow_up
         snapshot = self._snapshot()
         if snapshot is None:
             return []
@@ -76,8 +89,23 @@ class SotwProtocol(Generic[K]):
             if previous is None or previous.version != resources.version:
                 responses += self._send(state, type_url, resources)
         if removed_clusters:
-            responses += self._send(types[CLUSTER], CLUSTER, clusters_after)
+            listener_sent = [r for r in responses if r.type_url == LISTENER]
+            if listener_sent:
+                # Dropped once the proxy has taken the listeners that no longer use them.
+                self._drop_clusters_after = listener_sent[-1].nonce
+            elif self._drop_clusters_after is None:  # else they go when the listeners sent last are taken
+                responses += self._send(types[CLUSTER], CLUSTER, clusters_after)
         return responses
+
+    def _after_listener_reply(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+        if request.type_url != LISTENER or request.response_nonce != self._drop_clusters_after:
+            return []
+        self._drop_clusters_after = None
+        snapshot = self._snapshot()
+        if request.HasField("error_detail") or snapshot is None:
+            return []  # the listeners that use them may still be there: the next change tries again
+        state = self._connection.types[CLUSTER]
+        return self._send(state, CLUSTER, state.subscribed(snapshot.resources(CLUSTER)))
 
     def _send(self, state: TypeState, type_url: str, resources: Resources) -> list[discovery_pb2.DiscoveryResponse]:
         if not state.wildcard and not resources.items:
