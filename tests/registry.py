@@ -17,6 +17,7 @@ import ssl
 import tarfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -235,7 +236,8 @@ class Registry:
     def start(self) -> Registry:
         config: dict[str, Any] = {
             "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            # The access log tells tests which requests a pull made.
+            "log": {"level": "warn", "accesslog": {"disabled": False}},
             "storage": {"filesystem": {"rootdirectory": str(self.folder / "storage")}, "delete": {"enabled": True}},
             "http": {"addr": self.host, "secret": "test-only-secret"},
         }
@@ -262,6 +264,17 @@ class Registry:
         self.process = Process(f"registry-{self.port}", [executable, "serve", str(config_file)], self.folder)
         wait_for(lambda: self._request("GET", "/v2/")[0] in (200, 401), what=f"registry on {self.host}")
         return self
+
+    def requests_logged(self, method: str, path_prefix: str) -> int:
+        """How many `method` requests for paths under `path_prefix` the registry's access log holds. The
+        registry logs a request after answering it, so first a marker request is sent and awaited in the
+        log: every request answered before this call is counted."""
+        assert self.process is not None
+        marker = f"/v2/log-marker/manifests/{uuid.uuid4()}"
+        self._request("GET", marker)
+        process = self.process
+        wait_for(lambda: marker in process.log(), what="the registry to log a request")
+        return process.log().count(f'"{method} {path_prefix}')
 
     def stop(self) -> None:
         if self.process is not None:

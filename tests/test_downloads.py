@@ -202,9 +202,9 @@ class RecordingStore(ModuleStore):
 
 
 class RecordingIndex(ModuleIndex):
-    def record(self, key: ModuleKey, sha256: str, size: int, now: float) -> None:
+    def record(self, key: ModuleKey, sha256: str, size: int, now: float, manifest: str = "") -> None:
         _Recording.note()
-        super().record(key, sha256, size, now)
+        super().record(key, sha256, size, now, manifest)
 
 
 def test_hashing_and_writing_modules_and_the_index_stay_off_the_event_loop(

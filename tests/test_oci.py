@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import hashlib
 import http.server
 import logging
@@ -20,12 +21,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controlplane.app import ControlPlane, ServeSettings
 from controlplane.image_reference import ImageReference, InvalidReference, parse_reference
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
 from controlplane.modules.download import FetchSettings
 from controlplane.modules.index import IndexEntry, ModuleIndex, expired
 from controlplane.modules.policy import ModuleRequest, module_requests
-from controlplane.modules.resolver import ModuleResolver, ResolverSettings, resolve_module
+from controlplane.modules.resolver import ModuleResolver, ResolverSettings, module_views, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.source.directory import load_directory
 from tests.registry import FORMATS, LocalCa, Registry, TokenIssuer, docker_config_json, start_registry, token_server
@@ -300,6 +302,42 @@ def test_always_pulls_again_when_the_plugin_changes_and_if_not_present_does_not(
     assert asyncio.run(scenario("IfNotPresent")) == (original, original, original)
 
 
+def test_a_repull_of_an_unchanged_tag_asks_for_the_manifest_only(registry: Registry, tmp_path: Path) -> None:
+    """Counted in the registry's own access log: a re-pull that finds the manifest the cached module came
+    from downloads no blob, on a plugin change and after a restart; a new module under the tag is pulled."""
+    registry.push("repull/p", "moving", MODULE)
+    url = f"oci://{registry.host}/repull/p:moving"
+    blobs, manifests = "/v2/repull/p/blobs/", "/v2/repull/p/manifests/moving"
+
+    def pulled(limit: int) -> list[ModuleRequest]:
+        return plugin_requests(tmp_path, plugin("p", url, "Always", config={"requests_per_second": limit}))
+
+    async def counts() -> tuple[int, int]:
+        return await asyncio.to_thread(
+            lambda: (registry.requests_logged("GET", blobs), registry.requests_logged("GET", manifests))
+        )
+
+    async def scenario() -> list[tuple[list[ModuleStatus], tuple[int, int]]]:
+        steps = []
+        resolver = new_resolver(tmp_path / "cache", registry)
+        steps.append((list((await settle(resolver, pulled(1))).values()), await counts()))
+        steps.append((list((await settle(resolver, pulled(2))).values()), await counts()))
+        restarted = new_resolver(tmp_path / "cache", registry)
+        steps.append((list((await settle(restarted, pulled(2))).values()), await counts()))
+        await asyncio.to_thread(registry.push, "repull/p", "moving", OTHER_MODULE)
+        steps.append((list((await settle(restarted, pulled(3))).values()), await counts()))
+        return steps
+
+    first, changed, restarted, pushed = asyncio.run(scenario())
+    original = [ModuleReady(MODULE_SHA256, len(MODULE))]
+    assert first[0] == changed[0] == restarted[0] == original
+    blob_gets, manifest_gets = first[1]
+    assert changed[1] == (blob_gets, manifest_gets + 1), "the plugin change pulled the blob again"
+    assert restarted[1] == (blob_gets, manifest_gets + 2), "the restart pulled the blob again"
+    assert pushed[0] == [ModuleReady(hashlib.sha256(OTHER_MODULE).hexdigest(), len(OTHER_MODULE))]
+    assert pushed[1][0] > blob_gets
+
+
 def test_after_a_restart_without_registry_every_cached_module_serves_and_always_is_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -355,6 +393,64 @@ def test_unused_modules_are_purged_after_the_expiry(tmp_path: Path) -> None:
         os.utime(store.path(sha256), (now - 1000, now - 1000))
     assert store.purge({kept}, older_than=now - 500) == [dropped]
     assert store.has(kept) and store.has(recent) and not store.has(dropped)
+
+
+def test_a_removed_plugins_module_is_purged_and_one_in_use_stays(registry: Registry, tmp_path: Path) -> None:
+    """Through the server's own reload: the plugin's file goes, and with a short expiry its module leaves
+    the cache dir while the other plugin's stays."""
+    registry.push("purge/kept", "1", MODULE)
+    registry.push("purge/dropped", "1", OTHER_MODULE)
+    config_dir, cache = tmp_path / "config", tmp_path / "cache"
+    config_dir.mkdir()
+    (config_dir / "kept.yaml").write_text(plugin("kept", f"oci://{registry.host}/purge/kept:1"))
+    (config_dir / "dropped.yaml").write_text(plugin("dropped", f"oci://{registry.host}/purge/dropped:1"))
+    modules = ResolverSettings(
+        fetch=plain(registry, retries=0), module_expiry_seconds=0.2, purge_interval_seconds=0.05, tick_seconds=0.05
+    )
+    kept, dropped = cache / f"{MODULE_SHA256}.wasm", cache / f"{hashlib.sha256(OTHER_MODULE).hexdigest()}.wasm"
+
+    async def scenario() -> None:
+        plane = ControlPlane(ServeSettings(config_dirs=(str(config_dir),), cache_dir=str(cache), modules=modules))
+        await plane.reload()
+        await plane.modules.settled()
+        assert kept.is_file() and dropped.is_file()
+        purging = asyncio.create_task(plane.modules.run())
+        try:
+            (config_dir / "dropped.yaml").unlink()
+            await plane.reload()
+            while dropped.exists():  # bounded by the test's timeout below
+                await asyncio.sleep(0.05)
+        finally:
+            purging.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert kept.read_bytes() == MODULE
+    assert [e.sha256 for e in ModuleIndex(cache).entries.values()] == [MODULE_SHA256]
+
+
+def test_a_failed_module_shows_when_it_is_tried_again(tmp_path: Path) -> None:
+    down = start_registry(tmp_path / "registry")
+    down.stop()
+    url = f"oci://{down.host}/retry/p:1"
+    requests = plugin_requests(tmp_path, plugin("p", url))
+    plugins = load_directory([str(tmp_path / "config")]).config.plugins
+    settings = ResolverSettings(fetch=plain(down, retries=0), retry_first_seconds=60.0)
+
+    async def scenario() -> tuple[list[dict[str, object]], float]:
+        resolver = ModuleResolver(
+            ModuleStore(tmp_path / "cache"), ModuleIndex(tmp_path / "cache"), settings, lambda: None
+        )
+        await settle(resolver, requests)
+        return module_views(plugins, resolver.statuses), time.time()
+
+    [view], now = asyncio.run(scenario())
+    assert view["state"] == "failed"
+    in_seconds = view["next_retry_in_seconds"]
+    # 60s give or take the backoff's jitter, less the time taken since it was scheduled.
+    assert isinstance(in_seconds, float) and 30 <= in_seconds <= 60 * 1.25
+    at = datetime.datetime.fromisoformat(str(view["next_retry_at"])).timestamp()
+    assert abs(at - (now + in_seconds)) < 5
+    assert "next_retry_at" not in module_views(plugins, {})[0], "nothing to say without the resolver's states"
 
 
 def test_the_index_survives_a_restart_and_a_corrupt_one_is_ignored(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.registry import LocalCa, Registry, docker_config_json, start_registry
 from tests.support import (
+    ORDER_MARKER_WASM,
     RATELIMIT_WASM,
     Process,
     Stack,
@@ -138,13 +139,39 @@ def test_a_registry_that_is_down_gets_the_stand_in_until_it_comes_back(
     url = f"oci://{flaky.host}/envoy/limit:1.0"
     stack.write("limit.yaml", limit_plugin(url))
     stand_in_answers(stack, 403)
-    assert "Connection refused" in stack.control_plane.module(url)["reason"]
+    module = stack.control_plane.module(url)
+    assert "Connection refused" in module["reason"]
+    assert "next_retry_at" in module
+    wait_for(lambda: stack.control_plane.module(url)["next_retry_at"], what="a scheduled retry in /debug/config")
     flaky.start()
     try:
         assert_plugin_runs(stack)
         assert "is available now" in stack.control_plane.process.log()
     finally:
         flaky.stop()
+
+
+def test_the_repull_interval_brings_a_new_module_under_the_same_tag_to_envoy(
+    make_stack: Callable[..., Stack], registry: Registry
+) -> None:
+    """No change to the directory: the interval alone pulls the tag again. While the tag is unchanged the
+    re-pulls download no blob; then the ratelimit module is replaced by the order-marker one."""
+    registry.push("envoy/moving", "stable", MODULE)
+    url = f"oci://{registry.host}/envoy/moving:stable"
+    config = {"requests_per_second": 2, "deny_status": 429, "name": "repulled"}
+    text = wasm_plugin_yaml("limit", url, selector={"app": "httpbin"}, plugin_name="ratelimit", config=config)
+    stack = make_stack("--insecure-registry", registry.host, "--repull-interval", "0.2")
+    stack.write("limit.yaml", text.replace("spec:\n", "spec:\n  imagePullPolicy: Always\n"))
+    assert_plugin_runs(stack)
+    log = stack.control_plane.process.log
+    wait_for(lambda: "unchanged in the registry" in log(), what="a re-pull of the unchanged tag")
+    assert registry.requests_logged("GET", "/v2/envoy/moving/blobs/") == 1
+    registry.push("envoy/moving", "stable", ORDER_MARKER_WASM.read_bytes())
+    marker = wait_for(
+        lambda: http_get(stack.port).headers.get("x-plugin-order"), timeout=30, what="the new module to run"
+    )
+    assert marker == "repulled"
+    assert "who-am-i" not in http_get(stack.port).headers, "the ratelimit module still runs"
 
 
 @pytest.mark.parametrize("reference", ["digest", "latest"])

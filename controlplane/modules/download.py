@@ -53,6 +53,9 @@ class Fetched:
     digests: frozenset[str] = frozenset()
     """Other sha256s the content goes by, which a plugin's `sha256` may give: for OCI, the digests of the
     manifest (and of the image index) it came through."""
+    manifest: str = ""
+    """For OCI, the digest (`sha256:<hex>`) the reference resolved to: a later pull that finds the same one
+    can keep the module it has."""
 
 
 def tls_context(settings: FetchSettings) -> ssl.SSLContext:

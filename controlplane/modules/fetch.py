@@ -33,14 +33,17 @@ def is_http(url: str) -> bool:
     return url.startswith(("http://", "https://"))
 
 
-async def fetch_module(url: str, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = ()) -> Fetched:
-    """`credentials` (from the plugin's pull Secret) are used for OCI registries only."""
+async def fetch_module(
+    url: str, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = (), known_manifest: str = ""
+) -> Fetched | None:
+    """`credentials` (from the plugin's pull Secret) are used for OCI registries only. None: the OCI
+    reference still resolves to `known_manifest`, so the module the caller has from it is current."""
     if is_local(url):
         return Fetched(await asyncio.to_thread(_read_file, url[len("file://") :], settings.max_bytes))
     if is_http(url):
         content = await asyncio.to_thread(_download, url, settings)
         return Fetched(unpack(content, settings.max_bytes))
-    return await asyncio.to_thread(oci.pull, url, settings, credentials)
+    return await asyncio.to_thread(oci.pull, url, settings, credentials, known_manifest)
 
 
 def _read_file(path: str, max_bytes: int) -> bytes:

@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from controlplane.model import ModuleKey
@@ -26,6 +26,9 @@ class IndexEntry:
     size: int
     used_at: float
     """Seconds since the epoch when a plugin last needed it."""
+    manifest: str = ""
+    """For OCI, the manifest digest the module came from: a re-pull that finds it again skips the download.
+    Empty in indexes written before it was kept, and for other urls."""
 
 
 def entry_name(key: ModuleKey) -> str:
@@ -55,8 +58,8 @@ class ModuleIndex:
         with self._lock:
             return self._entries.get(entry_name(key))
 
-    def record(self, key: ModuleKey, sha256: str, size: int, now: float) -> None:
-        entry = IndexEntry(sha256, size, now)
+    def record(self, key: ModuleKey, sha256: str, size: int, now: float, manifest: str = "") -> None:
+        entry = IndexEntry(sha256, size, now, manifest)
         with self._lock:
             if self._entries.get(entry_name(key)) != entry:
                 self._entries[entry_name(key)] = entry
@@ -67,7 +70,7 @@ class ModuleIndex:
             for key in keys:
                 entry = self._entries.get(entry_name(key))
                 if entry is not None:
-                    self._entries[entry_name(key)] = IndexEntry(entry.sha256, entry.size, now)
+                    self._entries[entry_name(key)] = replace(entry, used_at=now)
             self._save()
 
     def forget(self, names: Iterable[str]) -> None:

@@ -43,15 +43,21 @@ _ARCHIVE_SLACK_BYTES = 1024 * 1024
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
-def pull(url: str, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = ()) -> Fetched:
-    """The module of an image, with the digests of the manifests it came through."""
+def pull(
+    url: str, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = (), known_manifest: str = ""
+) -> Fetched | None:
+    """The module of an image, with the digests of the manifests it came through; None when the reference
+    still names `known_manifest` (`sha256:<hex>`), whose module the caller has: only the manifest is fetched,
+    as a re-pull of an unchanged tag need not download the module again."""
     try:
         image = parse_reference(url)
     except InvalidReference as exc:
         raise FetchFailed(str(exc)) from None
     registry = _Registry(image, settings, credential_for(image.registry, credentials + settings.docker_credentials))
     manifest, digest, kind = registry.manifest(image.reference)
-    digests = {digest}
+    if known_manifest and digest == known_manifest:
+        return None
+    top, digests = digest, {digest}
     if kind in INDEX_TYPES:
         manifest, digest, kind = registry.manifest(choose_manifest(manifest).digest)
         digests.add(digest)
@@ -61,7 +67,7 @@ def pull(url: str, settings: FetchSettings, credentials: tuple[RegistryCredentia
         raise FetchFailed(f"{image}: module layer is {layer.blob.size} bytes, over the limit of {settings.max_bytes}")
     blob = registry.blob(layer.blob, limit)
     content = unpack(blob, settings.max_bytes, layer.member) if layer.member else blob
-    return Fetched(content, frozenset(d.removeprefix("sha256:") for d in digests))
+    return Fetched(content, frozenset(d.removeprefix("sha256:") for d in digests), top)
 
 
 class _Registry:

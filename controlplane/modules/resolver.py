@@ -3,11 +3,14 @@ when the state of a module changes. Fetches run concurrently, so a slow one hold
 url is fetched once at a time. Failed modules are retried in the background with exponential backoff, so
 the real plugin replaces its stand-in as soon as a fetch succeeds; modules pulled `Always` are pulled again
 when a plugin using them changes, every repull interval and after a restart (their cached copy serving
-meanwhile). Disk work (hashing, writing modules and the index) runs in worker threads, off the loop."""
+meanwhile). A re-pull asks for the manifest first and keeps the cached module when the reference still
+names the manifest it came from: an unchanged tag costs one small request, not a download. Disk work
+(hashing, writing modules and the index) runs in worker threads, off the loop."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import random
 import time
@@ -18,7 +21,7 @@ from typing import Any
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential, WasmPlugin
 from controlplane.modules.download import FetchFailed, FetchSettings, redact
 from controlplane.modules.fetch import fetch_module, is_local
-from controlplane.modules.index import ModuleIndex, entry_name, expired
+from controlplane.modules.index import IndexEntry, ModuleIndex, entry_name, expired
 from controlplane.modules.policy import ModuleRequest
 from controlplane.modules.store import ModuleStore
 from controlplane.modules.verify import ModuleRejected, verify_module
@@ -39,6 +42,27 @@ class ResolverSettings:
     tick_seconds: float = 0.5
 
 
+class ModuleStates(dict[ModuleKey, ModuleStatus]):
+    """The resolver's statuses at one moment, with when each module waiting for a retry is tried again."""
+
+    def __init__(
+        self, statuses: Mapping[ModuleKey, ModuleStatus], retry_at: Mapping[ModuleKey, float], taken_at: float
+    ) -> None:
+        super().__init__(statuses)
+        self.retry_at = dict(retry_at)
+        """Seconds since the epoch."""
+        self.taken_at = taken_at
+
+
+@dataclass(frozen=True)
+class Resolved:
+    status: ModuleStatus
+    manifest: str = ""
+    """The OCI manifest digest the module came from, for the index."""
+    unchanged: bool = False
+    """The registry still names the manifest of the cached module: nothing was downloaded."""
+
+
 class ModuleResolver:
     def __init__(
         self, store: ModuleStore, index: ModuleIndex, settings: ResolverSettings, on_change: Callable[[], None]
@@ -57,8 +81,11 @@ class ModuleResolver:
         self._url_locks: dict[str, asyncio.Lock] = {}
 
     @property
-    def statuses(self) -> Mapping[ModuleKey, ModuleStatus]:
-        return dict(self._statuses)
+    def statuses(self) -> ModuleStates:
+        # The retry clock is monotonic; people read wall-clock times.
+        now, clock = time.time(), time.monotonic()
+        retry_at = {key: now + max(0.0, at - clock) for key, at in self._retry_at.items()}
+        return ModuleStates(self._statuses, retry_at, now)
 
     def next_retry(self, key: ModuleKey) -> float | None:
         """Seconds until a failed module is tried again (for the status view)."""
@@ -157,9 +184,18 @@ class ModuleResolver:
                 return
             lock = self._url_locks.setdefault(key.url, asyncio.Lock())
             async with lock:
-                status = await resolve_module(key, self._store, self._settings.fetch, request.credentials)
+                cached = self._index.get(key)
+                resolved = await pull_module(key, self._store, self._settings.fetch, request.credentials, cached)
+            status = resolved.status
             if isinstance(status, ModuleReady):
-                await asyncio.to_thread(self._index.record, key, status.sha256, status.size, time.time())
+                now = time.time()
+                await asyncio.to_thread(self._index.record, key, status.sha256, status.size, now, resolved.manifest)
+            if resolved.unchanged:
+                log.info(
+                    "module %s: unchanged in the registry (%s); keeping the cached copy",
+                    redact(key.url),
+                    resolved.manifest,
+                )
         finally:
             self._fetching.pop(key, None)
         if key not in self._requests:
@@ -210,24 +246,62 @@ async def resolve_module(
     key: ModuleKey, store: ModuleStore, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = ()
 ) -> ModuleStatus:
     """Fetches and verifies one module into the store; every failure becomes a ModuleFailed."""
+    return (await pull_module(key, store, settings, credentials)).status
+
+
+async def pull_module(
+    key: ModuleKey,
+    store: ModuleStore,
+    settings: FetchSettings,
+    credentials: tuple[RegistryCredential, ...] = (),
+    cached: IndexEntry | None = None,
+) -> Resolved:
+    """As `resolve_module`; `cached` is what the index knows of this key. When the registry still resolves
+    it to the manifest that module came from and the store holds the module intact, the module stays: it
+    was verified under this same key when it was stored."""
+    if cached is not None and not await _reusable(cached, store):
+        cached = None
     try:
-        fetched = await fetch_module(key.url, settings, credentials)
+        fetched = await fetch_module(key.url, settings, credentials, cached.manifest if cached else "")
+        if fetched is None:
+            assert cached is not None  # only a known manifest is found unchanged
+            return Resolved(ModuleReady(cached.sha256, cached.size), cached.manifest, unchanged=True)
         sha256 = await asyncio.to_thread(
             verify_module, fetched.content, key.sha256, settings.max_bytes, fetched.digests
         )
     except (FetchFailed, ModuleRejected) as exc:
-        return ModuleFailed(str(exc))
+        return Resolved(ModuleFailed(str(exc)))
     await asyncio.to_thread(store.put, fetched.content)
-    return ModuleReady(sha256, len(fetched.content))
+    return Resolved(ModuleReady(sha256, len(fetched.content)), fetched.manifest)
+
+
+async def _reusable(cached: IndexEntry, store: ModuleStore) -> bool:
+    """A damaged copy must be downloaded again even when the registry has not changed."""
+    return bool(cached.manifest) and await asyncio.to_thread(store.intact, cached.sha256)
 
 
 def module_views(plugins: Iterable[WasmPlugin], statuses: Mapping[ModuleKey, ModuleStatus]) -> list[dict[str, Any]]:
     """One entry per module key, for the status view: plugins with the same url but another sha256 or pull
-    secret are other modules, so the url alone does not name one. The url is shown redacted."""
+    secret are other modules, so the url alone does not name one. The url is shown redacted. Given the
+    resolver's ModuleStates, a failed module shows when it is tried again."""
     users: dict[ModuleKey, list[str]] = {}
     for plugin in plugins:
         users.setdefault(plugin.module, []).append(f"{plugin.namespace}/{plugin.name}")
-    return [_module_view(key, sorted(names), statuses.get(key)) for key, names in sorted(users.items(), key=_order)]
+    views = []
+    for key, names in sorted(users.items(), key=_order):
+        view = _module_view(key, sorted(names), statuses.get(key))
+        if view["state"] == "failed" and isinstance(statuses, ModuleStates):
+            view.update(_retry_view(statuses.retry_at.get(key), statuses.taken_at))
+        views.append(view)
+    return views
+
+
+def _retry_view(retry_at: float | None, now: float) -> dict[str, Any]:
+    """No retry time: a retry is under way."""
+    if retry_at is None:
+        return {"next_retry_at": None, "next_retry_in_seconds": None}
+    at = datetime.datetime.fromtimestamp(retry_at, datetime.UTC).isoformat(timespec="seconds")
+    return {"next_retry_at": at, "next_retry_in_seconds": round(max(0.0, retry_at - now), 1)}
 
 
 def _order(item: tuple[ModuleKey, list[str]]) -> tuple[str, str, str]:
