@@ -15,7 +15,12 @@ from controlplane.xds.connection import Connection
 from controlplane.xds.server import DiscoveryServer
 
 
-def config_view(loaded: LoadedDirectory, modules: Mapping[ModuleKey, ModuleStatus]) -> dict[str, Any]:
+def config_view(
+    loaded: LoadedDirectory,
+    modules: Mapping[ModuleKey, ModuleStatus],
+    retry_times: Mapping[ModuleKey, float],
+    now: float,
+) -> dict[str, Any]:
     return {
         "errors": [str(e) for e in loaded.errors],
         "files": file_status(loaded),
@@ -29,7 +34,7 @@ def config_view(loaded: LoadedDirectory, modules: Mapping[ModuleKey, ModuleStatu
             }
             for key, served in loaded.served.items()
         ],
-        "modules": module_views(loaded.config.plugins, modules),
+        "modules": module_views(loaded.config.plugins, modules, retry_times, now),
     }
 
 

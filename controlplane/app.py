@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -85,7 +86,9 @@ class ControlPlane:
             loop,
             self.ready.is_set,
             {
-                "/debug/config": lambda: config_view(self.loaded, self.modules.statuses),
+                "/debug/config": lambda: config_view(
+                    self.loaded, self.modules.statuses, self.modules.retry_times(), time.time()
+                ),
                 "/debug/proxies": lambda: proxies_view(self.xds.connections.values()),
                 "/metrics": lambda: metrics_text(self.ready.is_set(), self.loaded, self.modules.statuses, self.xds),
             },

@@ -441,7 +441,8 @@ def test_a_failed_module_shows_when_it_is_tried_again(tmp_path: Path) -> None:
             ModuleStore(tmp_path / "cache"), ModuleIndex(tmp_path / "cache"), settings, lambda: None
         )
         await settle(resolver, requests)
-        return module_views(plugins, resolver.statuses), time.time()
+        now = time.time()
+        return module_views(plugins, resolver.statuses, resolver.retry_times(), now), now
 
     [view], now = asyncio.run(scenario())
     assert view["state"] == "failed"
@@ -450,7 +451,7 @@ def test_a_failed_module_shows_when_it_is_tried_again(tmp_path: Path) -> None:
     assert isinstance(in_seconds, float) and 30 <= in_seconds <= 60 * 1.25
     at = datetime.datetime.fromisoformat(str(view["next_retry_at"])).timestamp()
     assert abs(at - (now + in_seconds)) < 5
-    assert "next_retry_at" not in module_views(plugins, {})[0], "nothing to say without the resolver's states"
+    assert "next_retry_at" not in module_views(plugins, {})[0], "nothing to say without the retry times"
 
 
 def test_the_index_survives_a_restart_and_a_corrupt_one_is_ignored(tmp_path: Path) -> None:

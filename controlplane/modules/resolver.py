@@ -42,18 +42,6 @@ class ResolverSettings:
     tick_seconds: float = 0.5
 
 
-class ModuleStates(dict[ModuleKey, ModuleStatus]):
-    """The resolver's statuses at one moment, with when each module waiting for a retry is tried again."""
-
-    def __init__(
-        self, statuses: Mapping[ModuleKey, ModuleStatus], retry_at: Mapping[ModuleKey, float], taken_at: float
-    ) -> None:
-        super().__init__(statuses)
-        self.retry_at = dict(retry_at)
-        """Seconds since the epoch."""
-        self.taken_at = taken_at
-
-
 @dataclass(frozen=True)
 class Resolved:
     status: ModuleStatus
@@ -81,14 +69,17 @@ class ModuleResolver:
         self._url_locks: dict[str, asyncio.Lock] = {}
 
     @property
-    def statuses(self) -> ModuleStates:
-        # The retry clock is monotonic; people read wall-clock times.
+    def statuses(self) -> Mapping[ModuleKey, ModuleStatus]:
+        return dict(self._statuses)
+
+    def retry_times(self) -> dict[ModuleKey, float]:
+        """When each failed module is tried again, in seconds since the epoch: the retry clock is monotonic,
+        people read wall-clock times."""
         now, clock = time.time(), time.monotonic()
-        retry_at = {key: now + max(0.0, at - clock) for key, at in self._retry_at.items()}
-        return ModuleStates(self._statuses, retry_at, now)
+        return {key: now + max(0.0, at - clock) for key, at in self._retry_at.items()}
 
     def next_retry(self, key: ModuleKey) -> float | None:
-        """Seconds until a failed module is tried again (for the status view)."""
+        """Seconds until a failed module is tried again."""
         at = self._retry_at.get(key)
         return None if at is None else max(0.0, at - time.monotonic())
 
@@ -280,18 +271,23 @@ async def _reusable(cached: IndexEntry, store: ModuleStore) -> bool:
     return bool(cached.manifest) and await asyncio.to_thread(store.intact, cached.sha256)
 
 
-def module_views(plugins: Iterable[WasmPlugin], statuses: Mapping[ModuleKey, ModuleStatus]) -> list[dict[str, Any]]:
+def module_views(
+    plugins: Iterable[WasmPlugin],
+    statuses: Mapping[ModuleKey, ModuleStatus],
+    retry_times: Mapping[ModuleKey, float] | None = None,
+    now: float = 0.0,
+) -> list[dict[str, Any]]:
     """One entry per module key, for the status view: plugins with the same url but another sha256 or pull
-    secret are other modules, so the url alone does not name one. The url is shown redacted. Given the
-    resolver's ModuleStates, a failed module shows when it is tried again."""
+    secret are other modules, so the url alone does not name one. The url is shown redacted. With
+    `retry_times` (from `ModuleResolver.retry_times`, at `now`), a failed module shows when it is tried again."""
     users: dict[ModuleKey, list[str]] = {}
     for plugin in plugins:
         users.setdefault(plugin.module, []).append(f"{plugin.namespace}/{plugin.name}")
     views = []
     for key, names in sorted(users.items(), key=_order):
         view = _module_view(key, sorted(names), statuses.get(key))
-        if view["state"] == "failed" and isinstance(statuses, ModuleStates):
-            view.update(_retry_view(statuses.retry_at.get(key), statuses.taken_at))
+        if view["state"] == "failed" and retry_times is not None:
+            view.update(_retry_view(retry_times.get(key), now))
         views.append(view)
     return views
 
