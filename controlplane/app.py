@@ -57,6 +57,7 @@ class ControlPlane:
     def __post_init__(self) -> None:
         self.cache: SnapshotCache[ProxyClass] = SnapshotCache()
         self.cache.on_first_watch = self._build_first
+        self.cache.on_last_unwatch = self._forget_class
         self.store = ModuleStore(self.settings.cache_dir)
         self.modules = ModuleResolver(
             self.store, ModuleIndex(self.settings.cache_dir), self.settings.modules, self._rebuild
@@ -67,9 +68,11 @@ class ControlPlane:
         self._reload_lock = asyncio.Lock()
         self._serving_record = read_record(self.settings.cache_dir)
         self._tasks: list[asyncio.Task[None]] = []
+        self._inline_modules: dict[str, bytes] = {}
         self._standalone_plugins: dict[ProxyClass, dict[str, PluginType]] = {}
         """Per proxy class on the extension-config service alone, every plugin it was sent: one that goes away
-        gets a pass-through config, as its listener keeps naming it."""
+        gets a pass-through config, as its listener keeps naming it. Forgotten when the class's last stream
+        ends, so that made-up labels cannot grow it."""
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._watcher = DirectoryWatcher(list(self.settings.config_dirs), self._reload_wanted.set)
@@ -176,9 +179,18 @@ class ControlPlane:
         )
 
     def _module_bytes(self, statuses: Iterable[ModuleStatus | None]) -> dict[str, bytes]:
-        """The verified modules, read from the store: small enough to read on the loop in the sizes Wasm
-        modules come in, and only for proxies on the extension-config service alone."""
-        return {s.sha256: self.store.path(s.sha256).read_bytes() for s in statuses if isinstance(s, ModuleReady)}
+        """The verified modules, for proxies on the extension-config service alone: each read from the store
+        once (on the loop: Wasm modules are small next to what the store allows), and kept while in use."""
+        wanted = {s.sha256 for s in statuses if isinstance(s, ModuleReady)}
+        in_use = {s.sha256 for s in self.modules.statuses.values() if isinstance(s, ModuleReady)}
+        for sha256 in set(self._inline_modules) - in_use:
+            del self._inline_modules[sha256]
+        for sha256 in wanted - set(self._inline_modules):
+            self._inline_modules[sha256] = self.store.path(sha256).read_bytes()
+        return {sha256: self._inline_modules[sha256] for sha256 in wanted}
+
+    def _forget_class(self, proxy: ProxyClass) -> None:
+        self._standalone_plugins.pop(proxy, None)
 
     def _build_first(self, proxy: ProxyClass) -> None:
         self.cache.set(proxy, self.snapshot_for(proxy))

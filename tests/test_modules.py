@@ -175,3 +175,11 @@ def test_the_status_view_lists_every_module_of_a_url_without_its_credentials(
     ]
     body = http_get(control_plane.http_port, "/debug/config").body.decode()
     assert not [s for s in secrets if s in body + control_plane.process.log()]
+
+
+def test_a_corrupt_gzip_is_a_fetch_failure_handled_by_fail_strategy(stack: Stack, module_server: int) -> None:
+    FILES["/corrupt.wasm.gz"] = gzip.compress(MODULE)[:20] + b"\xff" * 64 + gzip.compress(MODULE)[84:]
+    url = f"http://127.0.0.1:{module_server}/corrupt.wasm.gz"
+    apply(stack, url)
+    assert [r.status for r in burst(stack.port, 2)] == [403, 403]
+    assert "bad gzip data" in stack.control_plane.module(url)["reason"]

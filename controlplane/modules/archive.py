@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+import zlib
 
 from controlplane.modules.download import FetchFailed
 
@@ -18,7 +19,7 @@ def unpack(content: bytes, max_bytes: int, member: str = "") -> bytes:
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(content)) as stream:
                 content = stream.read(max_bytes + 1)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise FetchFailed(f"bad gzip data: {exc}") from None
         if len(content) > max_bytes:
             raise FetchFailed(f"unpacked module is larger than the limit of {max_bytes} bytes")

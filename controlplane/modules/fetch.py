@@ -41,8 +41,8 @@ async def fetch_module(
     if is_local(url):
         return Fetched(await asyncio.to_thread(_read_file, url[len("file://") :], settings.max_bytes))
     if is_http(url):
-        content = await asyncio.to_thread(_download, url, settings)
-        return Fetched(unpack(content, settings.max_bytes))
+        # Unpacking up to --max-module-size is work for a thread too, not for the loop.
+        return Fetched(await asyncio.to_thread(lambda: unpack(_download(url, settings), settings.max_bytes)))
     return await asyncio.to_thread(oci.pull, url, settings, credentials, known_manifest)
 
 

@@ -130,8 +130,11 @@ class ModuleResolver:
                 ):
                     self._start(key)
             if now >= next_purge:
-                await self.purge(time.time())
                 next_purge = now + self._settings.purge_interval_seconds
+                try:
+                    await self.purge(time.time())
+                except Exception:  # a full disk or a race on a file must not end retries and re-pulls for good
+                    log.exception("purging unused modules failed; trying again later")
             await asyncio.sleep(self._settings.tick_seconds)
 
     async def purge(self, now: float) -> None:
@@ -154,7 +157,14 @@ class ModuleResolver:
         `Always` serves too, while it is pulled again, as it would on a server that kept running."""
         key = request.key
         entry = self._index.get(key)
-        if entry is None or is_local(key.url) or not await asyncio.to_thread(self._store.intact, entry.sha256):
+        if entry is None or is_local(key.url):
+            return False
+        try:
+            intact = await asyncio.to_thread(self._store.intact, entry.sha256)
+        except OSError as exc:
+            log.warning("module %s: cannot read the cached copy (%s); fetching it", redact(key.url), exc)
+            return False
+        if not intact:
             return False
         if key not in self._requests:
             return True  # no plugin wants it any more
@@ -173,14 +183,12 @@ class ModuleResolver:
         try:
             if use_cache and await self._serve_cached(request) and (not request.always or key not in self._requests):
                 return
-            lock = self._url_locks.setdefault(key.url, asyncio.Lock())
-            async with lock:
-                cached = self._index.get(key)
-                resolved = await pull_module(key, self._store, self._settings.fetch, request.credentials, cached)
+            try:
+                resolved = await self._pull(request)
+            except Exception as exc:  # a bug or a full disk: a stand-in and a retry, never a plugin left hanging
+                log.exception("module %s: fetch failed unexpectedly", redact(key.url))
+                resolved = Resolved(ModuleFailed(f"internal error: {type(exc).__name__}: {exc}"))
             status = resolved.status
-            if isinstance(status, ModuleReady):
-                now = time.time()
-                await asyncio.to_thread(self._index.record, key, status.sha256, status.size, now, resolved.manifest)
             if resolved.unchanged:
                 log.info(
                     "module %s: unchanged in the registry (%s); keeping the cached copy",
@@ -214,6 +222,16 @@ class ModuleResolver:
         current = self._requests.get(key)
         if current is not None and current.revision != request.revision and current.always:
             self._start(key)  # the plugin changed while its module was being pulled
+
+    async def _pull(self, request: ModuleRequest) -> Resolved:
+        key = request.key
+        async with self._url_locks.setdefault(key.url, asyncio.Lock()):
+            cached = self._index.get(key)
+            resolved = await pull_module(key, self._store, self._settings.fetch, request.credentials, cached)
+        status = resolved.status
+        if isinstance(status, ModuleReady):
+            await asyncio.to_thread(self._index.record, key, status.sha256, status.size, time.time(), resolved.manifest)
+        return resolved
 
     def _schedule_retry(self, key: ModuleKey) -> float:
         """Seconds until the next try: exponential backoff with jitter."""

@@ -16,6 +16,8 @@ class SnapshotCache(Generic[K]):
         self._watchers: dict[K, set[Callable[[], None]]] = {}
         self.on_first_watch: Callable[[K], None] = lambda key: None
         """Called when a key is watched that has no snapshot yet, so its owner can build one."""
+        self.on_last_unwatch: Callable[[K], None] = lambda key: None
+        """Called when the last watcher of a key leaves and its snapshot is dropped."""
 
     def get(self, key: K) -> Snapshot | None:
         return self._snapshots.get(key)
@@ -46,5 +48,6 @@ class SnapshotCache(Generic[K]):
                 if not watchers:
                     del self._watchers[key]
                     self._snapshots.pop(key, None)
+                    self.on_last_unwatch(key)
 
         return cancel
