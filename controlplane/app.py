@@ -110,8 +110,10 @@ class ControlPlane:
             # them until its config arrives.
             log.warning("modules still being fetched after %.0fs; serving", self.settings.startup_fetch_seconds)
         self.ready.set()
-        self._tasks.append(asyncio.create_task(self._reload_loop()))
-        self._tasks.append(asyncio.create_task(self.modules.run()))
+        for work in (self._reload_loop(), self.modules.run()):
+            task = asyncio.create_task(work)
+            task.add_done_callback(_report_end)
+            self._tasks.append(task)
         log.info(
             "serving xDS on %s:%d and HTTP on %s:%d",
             self.settings.host,
@@ -215,6 +217,12 @@ class ControlPlane:
                 await self.reload()
             except Exception:  # a bug in one reload must not stop the server from taking the next
                 log.exception("reload failed; still serving the previous config")
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """Background tasks run for the server's life: one that ends otherwise is a bug to be seen in the log."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s stopped", task.get_coro(), exc_info=task.exception())
 
 
 async def serve(settings: ServeSettings) -> None:
