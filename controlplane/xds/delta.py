@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -18,19 +18,16 @@ from controlplane.xds.snapshot import (
     Resource,
     Snapshot,
 )
+from controlplane.xds.stream import StreamState
 
 K = TypeVar("K", bound=Hashable)
 
 
-class DeltaProtocol(Generic[K]):
+class DeltaProtocol(StreamState[K]):
     def __init__(
         self, connection: Connection[K], snapshot: Callable[[], Snapshot | None], nonces: Iterator[int]
     ) -> None:
-        self._connection = connection
-        self._snapshot = snapshot
-        self._nonces = nonces
-        self._pushed: str | None = None
-        """The version of the snapshot this stream was last brought up to."""
+        super().__init__(connection, snapshot, nonces)
         self._removals_after: str | None = None
         """The nonce of the listener response whose ACK lets what the listeners no longer use go."""
 
@@ -60,10 +57,7 @@ class DeltaProtocol(Generic[K]):
         snapshot = self._snapshot()
         if snapshot is None:
             return []
-        if self._pushed is None:
-            self._pushed = snapshot.version
-        elif snapshot.version != self._pushed:
-            # A change not pushed yet: answering this type alone from it would break make-before-break.
+        if self._behind(snapshot):
             return follow_up + self.on_change()
         # A first request (a proxy back from a reconnect) learns at once what is gone; later ones leave what
         # listeners use to the removal pass after the listeners.
@@ -73,7 +67,7 @@ class DeltaProtocol(Generic[K]):
     def on_change(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         snapshot = self._snapshot()
         if snapshot is not None:
-            self._pushed = snapshot.version
+            self._caught_up(snapshot)
         types = self._connection.types
         ordered = [*PUSH_ORDER, *sorted(set(types) - set(PUSH_ORDER))]
         # Make before break: what a listener uses is added before the listener and removed after it; a

@@ -9,7 +9,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Hashable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -21,18 +21,13 @@ from controlplane.xds.connection import Connection, InvalidNode
 from controlplane.xds.delta import DeltaProtocol
 from controlplane.xds.snapshot import EXTENSION_CONFIG, SERVED_TYPES
 from controlplane.xds.sotw import SotwProtocol
+from controlplane.xds.stream import StreamProtocol
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 
 _CHANGED = object()
 _CLOSED = object()
-
-
-class StreamProtocol(Protocol):
-    def on_request(self, request: Any) -> list[Any]: ...
-
-    def on_change(self) -> list[Any]: ...
 
 
 class DiscoveryServer(Generic[K]):

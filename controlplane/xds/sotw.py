@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -18,20 +18,17 @@ from controlplane.xds.snapshot import (
     Resources,
     Snapshot,
 )
+from controlplane.xds.stream import StreamState
 
 K = TypeVar("K", bound=Hashable)
 
 
-class SotwProtocol(Generic[K]):
+class SotwProtocol(StreamState[K]):
     def __init__(
         self, connection: Connection[K], snapshot: Callable[[], Snapshot | None], nonces: Iterator[int]
     ) -> None:
-        self._connection = connection
-        self._snapshot = snapshot
-        self._nonces = nonces
+        super().__init__(connection, snapshot, nonces)
         self._sent: dict[str, Resources] = {}
-        self._pushed: str | None = None
-        """The version of the snapshot this stream was last brought up to."""
         self._drop_clusters_after: str | None = None
         """The nonce of the listener response whose ACK lets the clusters no longer used go."""
 
@@ -53,10 +50,7 @@ class SotwProtocol(Generic[K]):
         snapshot = self._snapshot()
         if snapshot is None:
             return []
-        if self._pushed is None:
-            self._pushed = snapshot.version
-        elif snapshot.version != self._pushed:
-            # A change not pushed yet: answering this type alone from it would break make-before-break.
+        if self._behind(snapshot):
             return self.on_change()
         resources = state.subscribed(snapshot.resources(request.type_url))
         if not request.response_nonce and request.version_info and request.version_info == resources.version:
@@ -71,7 +65,7 @@ class SotwProtocol(Generic[K]):
         snapshot = self._snapshot()
         if snapshot is None:
             return []
-        self._pushed = snapshot.version
+        self._caught_up(snapshot)
         responses: list[discovery_pb2.DiscoveryResponse] = []
         types = self._connection.types
         clusters_before = self._sent.get(CLUSTER, EMPTY)
