@@ -9,7 +9,17 @@ import time
 
 import pytest
 
-from tests.support import BOTH_PROTOCOLS, RATELIMIT_WASM, ROUTER, Stack, burst, http_get, wait_for, wasm_plugin_yaml
+from tests.support import (
+    BOTH_PROTOCOLS,
+    ORDER_MARKER_WASM,
+    RATELIMIT_WASM,
+    ROUTER,
+    Stack,
+    burst,
+    http_get,
+    wait_for,
+    wasm_plugin_yaml,
+)
 
 RATELIMIT_FILTER = "extensions.istio.io/wasmplugin/default.ratelimit"
 
@@ -114,3 +124,24 @@ def test_unavailable_module_is_handled_by_its_fail_strategy(stack: Stack, fail_s
     assert [r.status for r in burst(stack.port, 3)] == [expected] * 3
     module = stack.control_plane.module("oci://registry.invalid/plugins/remote:1.0")
     assert module["state"] == "failed" and "registry.invalid/plugins/remote:1.0" in module["reason"]
+
+
+@BOTH_PROTOCOLS
+def test_two_plugins_with_different_modules_each_run_their_own(stack: Stack) -> None:
+    stack.write("ratelimit.yaml", ratelimit(requests_per_second=50))
+    stack.write(
+        "marker.yaml",
+        wasm_plugin_yaml(
+            "marker",
+            f"file://{ORDER_MARKER_WASM}",
+            selector={"app": "httpbin"},
+            plugin_name="marker",
+            config={"name": "m1"},
+        ),
+    )
+
+    def both_ran() -> bool:
+        headers = http_get(stack.port).headers
+        return headers.get("who-am-i") == "wasm-extension" and headers.get("x-plugin-order") == "m1"
+
+    wait_for(both_ran, what="each plugin running its own module")

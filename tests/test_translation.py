@@ -603,7 +603,13 @@ def test_retired_plugins_get_a_pass_through_config() -> None:
 
 @pytest.mark.parametrize(
     ("endpoint", "address"),
-    [("0.0.0.0:9000", "127.0.0.1"), ("[::]:9000", "::1"), ("[fd00::5]:9000", "fd00::5"), ("10.1.2.3:9000", "10.1.2.3")],
+    [
+        ("0.0.0.0:9000", "127.0.0.1"),
+        (":9000", "127.0.0.1"),
+        ("[::]:9000", "::1"),
+        ("[fd00::5]:9000", "fd00::5"),
+        ("10.1.2.3:9000", "10.1.2.3"),
+    ],
 )
 def test_an_unspecified_default_endpoint_means_the_workload_beside_the_proxy(endpoint: str, address: str) -> None:
     resources = render([], [sidecar("web", ports=(port(8080, endpoint=endpoint),))])

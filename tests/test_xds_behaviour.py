@@ -6,6 +6,11 @@ import socket
 import time
 from pathlib import Path
 
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from controlplane.xds.snapshot import CLUSTER
 from tests.support import (
     BOTH_PROTOCOLS,
     RATELIMIT_WASM,
@@ -132,3 +137,26 @@ def test_a_change_for_one_proxy_touches_no_other(tmp_path: Path, httpbin_port: i
     after = {app: config_reloads(envoy.stats()) for app, envoy in envoys.items()}
     assert after["b"] == before["b"] and after["c"] == before["c"]
     assert after["a"] != before["a"]
+
+
+def test_a_grpc_port_reaches_its_backend_over_http2(tmp_path: Path, processes: list[Process]) -> None:
+    """The backend is the control plane's own xDS port: a real gRPC server, called through Envoy."""
+    xds_port, http_port, grpc_port = free_port(), free_port(), free_port()
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    sidecar = sidecar_yaml("grpc", grpc_port, xds_port, {"app": "grpc"}).replace("protocol: HTTP", "protocol: GRPC")
+    (config_dir / "sidecar.yaml").write_text(sidecar)
+    control_plane = start_control_plane(processes, config_dir, tmp_path, ports=(xds_port, http_port))
+    start_envoy(processes, tmp_path, control_plane.xds_port, "grpc-1", labels={"app": "grpc"})
+    request = discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="through-envoy"), type_url=CLUSTER)
+
+    def call_through_envoy() -> discovery_pb2.DiscoveryResponse | None:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            try:
+                return next(iter(stub.StreamAggregatedResources(iter([request]), timeout=5)))
+            except grpc.RpcError:
+                return None
+
+    response = wait_for(call_through_envoy, what="a gRPC answer through Envoy")
+    assert response.type_url == CLUSTER and response.resources

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, backoff_pb2, base_pb2, config_source_pb2, extension_pb2, http_uri_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    backoff_pb2,
+    base_pb2,
+    config_source_pb2,
+    extension_pb2,
+    http_uri_pb2,
+    protocol_pb2,
+)
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
@@ -21,6 +29,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.filters.network.wasm.v3 import wasm_pb2 as network_wasm_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
@@ -43,6 +52,8 @@ ECDS_NAME_PREFIX = "extensions.istio.io/wasmplugin/"
 MODULE_CLUSTER = "wasm-modules"
 V8_RUNTIME = "envoy.wasm.runtime.v8"
 HTTP_PROTOCOLS = frozenset({"", "HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+HTTP2_PROTOCOLS = frozenset({"HTTP2", "GRPC", "GRPC-WEB"})
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def type_url(message: type[Message]) -> str:
@@ -269,7 +280,9 @@ def _plugin_config(
                 ),
             )
         )
-    vm_config = wasm_pb2.VmConfig(runtime=V8_RUNTIME, code=code)
+    # One VM per module: with remote code and one shared (empty) vm_id, Envoy 1.40 can run a plugin with
+    # another plugin's module on the same listener. Plugins of one module still share their VM.
+    vm_config = wasm_pb2.VmConfig(vm_id=module.sha256, runtime=V8_RUNTIME, code=code)
     if plugin.env:
         vm_config.environment_variables.host_env_keys.extend(e.name for e in plugin.env if e.from_host)
         for env in plugin.env:
@@ -299,10 +312,19 @@ def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
         return _cluster(upstream_cluster_name(port), address, cluster_pb2.Cluster.STATIC)
     host, _, port_text = endpoint.rpartition(":")
     host = host.strip("[]")
-    # `0.0.0.0:PORT` (or `[::]:PORT`) means "the workload's own address" in Istio; beside the workload that
-    # is loopback.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return _endpoint_cluster(upstream_cluster_name(port), host, int(port_text))
+    # `0.0.0.0:PORT`, `[::]:PORT` or `:PORT` mean "the workload's own address" in Istio; beside the workload
+    # that is loopback.
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    cluster = _endpoint_cluster(upstream_cluster_name(port), host, int(port_text))
+    if port.protocol in HTTP2_PROTOCOLS:
+        # The connection manager takes h2 from clients; a gRPC backend must be spoken to in h2 too.
+        options = http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            )
+        )
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options, deterministic=True)
+    return cluster
 
 
 def _endpoint_cluster(name: str, host: str, port: int) -> cluster_pb2.Cluster:
