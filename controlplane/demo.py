@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -28,8 +29,8 @@ def run_demo() -> int:
     if not (FIXTURES / "config").is_dir() or not ENVOY_BOOTSTRAP.is_file():
         print(f"demo: run it from a checkout of the repository ({FIXTURES} not found)", file=sys.stderr)
         return 2
-    work_dir = REPO / ".demo"
-    shutil.rmtree(work_dir, ignore_errors=True)
+    # Outside the checkout, which may be read-only or shared; kept afterwards for its logs.
+    work_dir = Path(tempfile.mkdtemp(prefix="controlplane-demo-"))
     with ExitStack() as stack:
         config_dir = work_dir / "config"
         config_dir.mkdir(parents=True)

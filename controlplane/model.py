@@ -114,6 +114,8 @@ class WasmPlugin:
     match: tuple[TrafficSelector, ...]
     type: PluginType
     source: SourceRef
+    image_pull_secret_line: int = 0
+    """Where `imagePullSecret` is written, for the warning when no such Secret is in the directory."""
 
     @property
     def qualified_name(self) -> str:

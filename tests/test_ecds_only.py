@@ -56,7 +56,6 @@ def start_ecds_only_envoy(
     listener["address"]["socket_address"]["port_value"] = listen_port
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = free_port()
     _socket(bootstrap, "app")["port_value"] = httpbin_port
-    _socket(bootstrap, "wasm-modules")["port_value"] = control_plane.http_port
     _socket(bootstrap, "xds-grpc")["port_value"] = control_plane.xds_port
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"][0]["config_discovery"]["config_source"]["api_config_source"]["api_type"] = api_type

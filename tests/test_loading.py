@@ -294,6 +294,7 @@ def test_every_wasm_plugin_field_is_parsed(tmp_path: Path) -> None:
         ),
         type=PluginType.NETWORK,
         source=SourceRef(str(path), 1),
+        image_pull_secret_line=line_of(path.read_text(), "imagePullSecret:"),
     )
 
 
@@ -997,3 +998,10 @@ def test_a_remembered_serving_file_wins_over_path_order(tmp_path: Path) -> None:
     assert plugin_named(loaded, "plugin").priority == 2
     gone = load_directory([str(tmp_path)], None, frozenset(), {plugin_key("plugin"): str(tmp_path / "gone.yaml")})
     assert plugin_named(gone, "plugin").priority == 1
+
+
+def test_a_default_endpoint_without_a_host_is_valid_as_in_istio(tmp_path: Path) -> None:
+    write(tmp_path, "sidecar.yaml", sidecar("ingress:\n- port: {number: 80}\n  defaultEndpoint: ':8080'"))
+    loaded = load(tmp_path)
+    assert loaded.errors == ()
+    assert loaded.config.sidecars[0].ingress[0].default_endpoint == ":8080"

@@ -193,7 +193,7 @@ def assemble(
         sidecars=tuple(v for v in values if isinstance(v, Sidecar)),
         secrets=tuple(v for v in values if isinstance(v, PullSecret)),
     )
-    errors.extend(missing_pull_secrets(config))
+    warnings.extend(missing_pull_secrets(config))
     return LoadedDirectory(
         files=files,
         served=chosen,

@@ -47,7 +47,7 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 _C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]*):([0-9]{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -262,6 +262,7 @@ def _read_wasm_plugin(
             ),
             type=PluginType.NETWORK if spec.type == wasmplugin_pb2.NETWORK else PluginType.HTTP,
             source=source,
+            image_pull_secret_line=document.line_of(("spec", "imagePullSecret")),
         ),
         [],
     )

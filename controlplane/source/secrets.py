@@ -108,13 +108,14 @@ def _docker_config_text(data: Mapping[str, Any], problems: list[Problem]) -> tup
 
 
 def missing_pull_secrets(config: Config) -> list[ConfigError]:
-    """A plugin whose imagePullSecret names no Secret of its namespace: reported, and its module is fetched
-    with the credentials there are (a registry that needs others then fails it by its failStrategy)."""
+    """A plugin whose imagePullSecret names no Secret of its namespace: a warning, not an error, as the
+    Secret is often kept out of git (and the login given with --docker-config); the module is fetched with
+    the credentials there are, and a registry that needs others fails it by its failStrategy."""
     known = {(s.namespace, s.name) for s in config.secrets}
     return [
         ConfigError(
             plugin.source.path,
-            plugin.source.line,
+            plugin.image_pull_secret_line or plugin.source.line,
             "spec.imagePullSecret",
             f"no {DOCKER_CONFIG_JSON_TYPE} Secret {plugin.image_pull_secret!r} in namespace {plugin.namespace!r}",
         )
