@@ -18,7 +18,7 @@ from controlplane.bootstrap import envoy_bootstrap
 from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
 from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
-from controlplane.modules.credentials import docker_config_path, load_docker_config
+from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
 from controlplane.modules.fetch import FetchSettings
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
@@ -135,7 +135,7 @@ def _fetch_settings(args: argparse.Namespace) -> FetchSettings:
     """The settings `_module_flags` give, or a _UsageError."""
     docker_config = docker_config_path(args.docker_config, os.environ)
     try:
-        docker_credentials = load_docker_config(docker_config) if docker_config else ()
+        docker_credentials, helpers = load_docker_config(docker_config) if docker_config else ((), CredentialHelpers())
     except DockerConfigError as exc:
         raise _UsageError(f"--docker-config: {exc}") from None
     if args.registry_ca and not os.path.isfile(args.registry_ca):
@@ -145,6 +145,7 @@ def _fetch_settings(args: argparse.Namespace) -> FetchSettings:
         registry_ca=args.registry_ca or "",
         insecure_registries=frozenset(args.insecure_registry),
         docker_credentials=docker_credentials,
+        credential_helpers=helpers,
     )
 
 

@@ -9,6 +9,7 @@ import base64
 import datetime
 import hashlib
 import http.server
+import json
 import logging
 import os
 import subprocess
@@ -24,6 +25,7 @@ import yaml
 from controlplane.app import ControlPlane, ServeSettings
 from controlplane.image_reference import ImageReference, InvalidReference, parse_reference
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
+from controlplane.modules.credentials import load_docker_config
 from controlplane.modules.download import FetchSettings
 from controlplane.modules.index import IndexEntry, ModuleIndex, expired
 from controlplane.modules.policy import ModuleRequest, module_requests
@@ -549,3 +551,57 @@ def test_render_pulls_private_modules_with_the_flags_and_secrets_of_serve(
     [extension] = yaml.safe_load(result.stdout)["extension_configs"]
     assert extension["typed_config"]["config"]["vm_config"]["code"]["remote"]["sha256"] == MODULE_SHA256
     assert LOGIN[1] not in result.stdout + result.stderr
+
+
+def _helper(folder: Path, name: str, answers: dict[str, tuple[str, str]]) -> None:
+    """A real `docker-credential-<name>` program: the login for a host read on stdin, or exit 1."""
+    logins = {host: {"ServerURL": host, "Username": user, "Secret": secret} for host, (user, secret) in answers.items()}
+    program = folder / f"docker-credential-{name}"
+    program.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        f"logins = {logins!r}\n"
+        "host = sys.stdin.read().strip()\n"
+        "if sys.argv[1:] != ['get'] or host not in logins:\n"
+        "    print('credentials not found in native keychain'); sys.exit(1)\n"
+        "print(json.dumps(logins[host]))\n"
+    )
+    program.chmod(0o755)
+
+
+def test_logins_come_from_docker_credential_helpers(
+    private_registry: Registry, local_ca: LocalCa, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helpers are real programs on PATH, as `docker-credential-ecr-login` and friends are."""
+    private_registry.push("helped/p", "1", MODULE)
+    url = f"oci://{private_registry.host}/helped/p:1"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _helper(bin_dir, "right", {private_registry.host: LOGIN})
+    _helper(bin_dir, "wrong", {private_registry.host: (LOGIN[0], "not-the-password")})
+    _helper(bin_dir, "empty", {})
+    _helper(bin_dir, "token", {private_registry.host: ("<token>", "an-identity-token")})
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+    def with_config(config: dict[str, object]) -> FetchSettings:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(config))
+        credentials, helpers = load_docker_config(str(path))
+        return FetchSettings(
+            registry_ca=str(local_ca.ca_file), docker_credentials=credentials, credential_helpers=helpers
+        )
+
+    assert isinstance(
+        resolve(url, with_config({"credHelpers": {private_registry.host: "right"}}), tmp_path), ModuleReady
+    )
+    assert isinstance(resolve(url, with_config({"credsStore": "right"}), tmp_path), ModuleReady)
+    refused = reason(resolve(url, with_config({"credHelpers": {private_registry.host: "wrong"}}), tmp_path))
+    assert "refused the credential" in refused and "not-the-password" not in refused
+    nothing = reason(resolve(url, with_config({"credsStore": "empty"}), tmp_path))
+    assert "requires a login and no credential is configured" in nothing
+    for store in ("not-installed", "token"):
+        assert "requires a login" in reason(resolve(url, with_config({"credsStore": store}), tmp_path))
+    # credHelpers wins over auths, as in the Docker CLI.
+    wrong_auth = {"auths": {private_registry.host: {"username": LOGIN[0], "password": "nope"}}}
+    helped = with_config({**wrong_auth, "credHelpers": {private_registry.host: "right"}})
+    assert isinstance(resolve(url, helped, tmp_path), ModuleReady)

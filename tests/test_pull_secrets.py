@@ -112,7 +112,7 @@ def test_the_docker_config_comes_from_the_flag_else_docker_config(tmp_path: Path
     assert docker_config_path(str(tmp_path), {}) == str(tmp_path / "config.json")
     assert docker_config_path(None, {"DOCKER_CONFIG": str(tmp_path)}) == str(tmp_path / "config.json")
     assert docker_config_path(None, {}) is None
-    assert [c.registry for c in load_docker_config(str(tmp_path / "config.json"))] == [
+    assert [c.registry for c in load_docker_config(str(tmp_path / "config.json"))[0]] == [
         "docker.io",
         "registry.example.com:5000",
     ]

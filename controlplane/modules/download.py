@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from controlplane.model import RegistryCredential
+from controlplane.modules.credentials import CredentialHelpers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +45,7 @@ class FetchSettings:
     insecure_registries: frozenset[str] = frozenset()
     """`host[:port]`s reached over plain HTTP."""
     docker_credentials: tuple[RegistryCredential, ...] = field(default=(), repr=False)
+    credential_helpers: CredentialHelpers = CredentialHelpers()
     """From `--docker-config` or `$DOCKER_CONFIG`, for registries a plugin's pull secret does not cover."""
 
 

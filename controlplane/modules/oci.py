@@ -53,7 +53,8 @@ def pull(
         image = parse_reference(url)
     except InvalidReference as exc:
         raise FetchFailed(str(exc)) from None
-    registry = _Registry(image, settings, credential_for(image.registry, credentials + settings.docker_credentials))
+    credential = credential_for(image.registry, credentials, settings.docker_credentials, settings.credential_helpers)
+    registry = _Registry(image, settings, credential)
     manifest, digest, kind = registry.manifest(image.reference)
     if known_manifest and digest == known_manifest:
         return None
