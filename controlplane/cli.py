@@ -19,7 +19,7 @@ from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
 from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
-from controlplane.modules.fetch import FetchSettings
+from controlplane.modules.download import FetchSettings
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore

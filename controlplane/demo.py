@@ -22,7 +22,6 @@ ENVOY_BOOTSTRAP = REPO / "envoy" / "bootstrap-local.yaml"
 LISTENER_PORT = 8000  # fixtures/config/sidecar.yaml
 HTTPBIN_ADDRESS = "127.0.0.1:8080"  # its defaultEndpoint
 CONTROL_PLANE_HTTP_PORT = 18001
-ENVOY_ADMIN_PORT = 9901  # envoy/bootstrap-local.yaml
 
 
 def run_demo() -> int:

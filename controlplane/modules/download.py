@@ -29,9 +29,13 @@ class FetchFailed(Exception):
     """The module could not be had; the message is safe to log (it names no credential)."""
 
 
+DEFAULT_MAX_MODULE_BYTES = 256 * 1024 * 1024
+"""Istio's agent caps modules at the same size."""
+
+
 @dataclass(frozen=True)
 class FetchSettings:
-    max_bytes: int = 256 * 1024 * 1024
+    max_bytes: int = DEFAULT_MAX_MODULE_BYTES
     timeout_seconds: float = 15.0
     """For each connect and socket read."""
     download_seconds: float = 300.0

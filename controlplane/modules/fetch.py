@@ -22,8 +22,6 @@ from controlplane.modules.download import (
     tls_context,
 )
 
-__all__ = ["FetchFailed", "Fetched", "FetchSettings", "fetch_module", "is_local"]
-
 
 def is_local(url: str) -> bool:
     return url.startswith("file://")

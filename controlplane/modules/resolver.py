@@ -78,11 +78,6 @@ class ModuleResolver:
         now, clock = time.time(), time.monotonic()
         return {key: now + max(0.0, at - clock) for key, at in self._retry_at.items()}
 
-    def next_retry(self, key: ModuleKey) -> float | None:
-        """Seconds until a failed module is tried again."""
-        at = self._retry_at.get(key)
-        return None if at is None else max(0.0, at - time.monotonic())
-
     def require(self, requests: Iterable[ModuleRequest]) -> None:
         """Starts fetching what is not known yet, or is due again, and forgets what is no longer needed.
         Local files are read again every time, as a commit may have replaced a module under the same path."""

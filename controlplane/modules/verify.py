@@ -7,9 +7,10 @@ import hashlib
 
 import wasmtime
 
+from controlplane.modules.download import DEFAULT_MAX_MODULE_BYTES
+
 WASM_MAGIC = b"\0asm"
 ABI_VERSION_EXPORTS = ("proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0", "proxy_abi_version_0_1_0")
-DEFAULT_MAX_MODULE_BYTES = 256 * 1024 * 1024
 
 
 class ModuleRejected(Exception):

@@ -116,7 +116,3 @@ class SotwProtocol(StreamState[K]):
                 nonce=state.nonce,
             )
         ]
-
-
-def _short(type_url: str) -> str:
-    return type_url.rsplit(".", 1)[-1]
