@@ -148,6 +148,15 @@ def test_successive_loads_of_arbitrary_versions_never_raise(scratch: Path, versi
         assert any(s.name == "web" and s.source.path == str(valid) for s in loaded.config.sidecars)
 
 
+def test_nesting_too_deep_for_the_parser_is_one_error_at_its_line(scratch: Path) -> None:
+    """libyaml has a nesting limit of its own, reached while scanning ahead, and its wording changes between
+    PyYAML releases: what must hold is ours, one error naming the file and line, and nothing loaded."""
+    state = read_bytes(scratch, b"a: 1\nb: " + b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    assert [(e.path, e.line, e.field) for e in state.errors] == [(state.path, 2, "<yaml>")], state.errors
+    assert state.documents == ()
+    assert_clean(state)
+
+
 def billion_laughs(levels: int) -> str:
     lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
@@ -161,7 +170,6 @@ def billion_laughs(levels: int) -> str:
         pytest.param("a: &a\n  b: *a\n", "an alias refers to a node that contains it", id="recursive alias"),
         pytest.param("a: &a [*a]\n", "an alias refers to a node that contains it", id="recursive list"),
         pytest.param("[" * (MAX_DEPTH + 2) + "]" * (MAX_DEPTH + 2), f"nested deeper than {MAX_DEPTH}", id="deep"),
-        pytest.param("[" * 100_000 + "]" * 100_000, f"nested deeper than {MAX_DEPTH}", id="very deep"),
         pytest.param("kind: Sidecar\nname: \x00\n", "syntax error: unacceptable character #x0000", id="NUL"),
     ],
 )

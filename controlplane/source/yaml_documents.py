@@ -132,13 +132,21 @@ def _too_deep(text: str) -> int | None:
     """The line where nesting passes MAX_DEPTH, or None. Checked on the event stream, which is read
     without recursion, before anything composes the document recursively (libyaml would crash there)."""
     depth = 0
-    for event in yaml.parse(text, Loader=_BaseLoader):
-        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_DEPTH:
-                return event.start_mark.line + 1
-        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            depth -= 1
+    try:
+        for event in yaml.parse(text, Loader=_BaseLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return event.start_mark.line + 1 if event.start_mark else 1
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.MarkedYAMLError as exc:
+        # libyaml (0.2.5 and later) stops at a nesting limit of its own while scanning ahead, before any
+        # event reaches us; say it in our words, at its line. Other syntax errors are the parser's to report.
+        mark = exc.problem_mark
+        if "nesting depth" in str(exc.problem) and mark is not None:
+            return int(mark.line) + 1
+        raise
     return None
 
 
