@@ -1,18 +1,37 @@
-"""What the HTTP port shows people: per-file status, per-proxy xDS state and Prometheus metrics. Pure
-views over the server's state; the event loop that owns the state calls them."""
+"""What the admin port shows people: health, readiness, per-file status, per-proxy xDS state and Prometheus
+metrics. The views are pure over the server's state: the event loop that owns the state takes what a view
+needs (cheaply), and the view is built and encoded off the loop, so that a large directory never stalls a
+push."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from typing import Any
 
-from controlplane.model import ModuleKey, ModuleReady, ModuleStatus
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
+from prometheus_client import Counter as CounterMetric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from controlplane.http_server import Reply, Request, text
+from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, ProxyClass
 from controlplane.modules.resolver import module_views
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.status import file_status
-from controlplane.xds.connection import Connection
+from controlplane.xds.connection import Connection, TypeState
 from controlplane.xds.server import DiscoveryServer
+from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER
+
+TYPE_NAMES = {CLUSTER: "CDS", LISTENER: "LDS", EXTENSION_CONFIG: "ECDS"}
+"""The short names `istioctl proxy-status` uses."""
+
+SYNCED, STALE, NACKED, NOT_SENT = "SYNCED", "STALE", "NACKED", "NOT SENT"
 
 
 def config_view(
@@ -38,9 +57,21 @@ def config_view(
     }
 
 
+def sync_state(state: TypeState | None) -> str:
+    """A proxy's state for one type, as `istioctl proxy-status` names it."""
+    if state is None or not state.sent_version:
+        return NOT_SENT
+    if state.error:
+        return NACKED
+    if state.outstanding or state.acked_version != state.sent_version:
+        return STALE
+    return SYNCED
+
+
 def proxies_view(connections: Iterable[Connection[Any]]) -> list[dict[str, Any]]:
-    return [
-        {
+    views = []
+    for c in connections:
+        view: dict[str, Any] = {
             "node": c.node_id,
             "class": str(c.key),
             "protocol": c.protocol,
@@ -53,42 +84,148 @@ def proxies_view(connections: Iterable[Connection[Any]]) -> list[dict[str, Any]]
                 }
                 for type_url, s in c.types.items()
             },
+            "sync": {name: sync_state(c.types.get(type_url)) for type_url, name in TYPE_NAMES.items()},
         }
-        for c in connections
-    ]
+        if isinstance(c.key, ProxyClass):
+            view["namespace"] = c.key.namespace
+            view["labels"] = dict(c.key.labels)
+        views.append(view)
+    return views
 
 
-def metrics_text(
-    ready: bool, loaded: LoadedDirectory, modules: Mapping[ModuleKey, ModuleStatus], xds: DiscoveryServer[Any]
-) -> str:
-    """Prometheus text exposition."""
-    module_states = {"ready": 0, "failed": 0, "fetching": 0}
-    for plugin in loaded.config.plugins:
-        status = modules.get(plugin.module)
-        module_states["ready" if isinstance(status, ModuleReady) else "failed" if status else "fetching"] += 1
-    rejecting = Counter(t for c in xds.connections.values() for t, s in c.types.items() if s.error)
-    lines = [
-        *_metric("controlplane_ready", "1 once the directory is loaded.", {"": float(ready)}),
-        *_metric("controlplane_config_errors", "Errors in the config directory.", {"": len(loaded.errors)}),
-        *_metric("controlplane_plugins", "WasmPlugins served, by the state of their module.", module_states, "module"),
-        *_metric("controlplane_proxies_connected", "Proxy streams open.", {"": len(xds.connections)}),
-        *_metric("controlplane_xds_responses_total", "Responses sent, by type.", xds.responses_sent, "type_url"),
-        *_metric("controlplane_xds_rejections_total", "NACKs received, by type.", xds.rejections, "type_url"),
-        *_metric(
-            "controlplane_proxies_rejecting", "Proxies whose last answer was a NACK, by type.", rejecting, "type_url"
-        ),
-    ]
-    return "\n".join(lines) + "\n"
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (two servers in one process, as tests
+    run them, do not mix). Histograms and counters are observed as things happen; gauges are read from the
+    server's state at each scrape."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reload_seconds = Histogram(
+            "controlplane_reload_seconds", "Reading and validating the config directory.", registry=self.registry
+        )
+        self.translation_seconds = Histogram(
+            "controlplane_translation_seconds", "Translating the config for one proxy class.", registry=self.registry
+        )
+        self.push_seconds = Histogram(
+            "controlplane_xds_push_seconds",
+            "From a config change to its responses handed to one proxy's stream.",
+            registry=self.registry,
+        )
+        self.change_to_ack_seconds = Histogram(
+            "controlplane_change_to_ack_seconds",
+            "From a change in the config directory to the ACK of the last proxy it changed.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf")),
+            registry=self.registry,
+        )
+        self.module_fetches = CounterMetric(
+            "controlplane_module_fetches", "Module fetches, by result.", ["result"], registry=self.registry
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
 
 
-def _metric(name: str, help_text: str, samples: Mapping[str, float], label: str = "") -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {'counter' if name.endswith('_total') else 'gauge'}"]
-    for key, value in sorted(samples.items()):
-        labels = f'{{{label}="{_escaped(key)}"}}' if label else ""
-        lines.append(f"{name}{labels} {value:g}")
-    return lines
+class StateCollector(Collector):
+    """The gauges and counters read from the server's state at each scrape, on the event loop."""
+
+    def __init__(
+        self,
+        ready: Callable[[], bool],
+        loaded: Callable[[], LoadedDirectory],
+        modules: Callable[[], Mapping[ModuleKey, ModuleStatus]],
+        xds: DiscoveryServer[Any],
+    ) -> None:
+        self._ready, self._loaded, self._modules, self._xds = ready, loaded, modules, xds
+
+    def collect(self) -> Iterator[Metric]:
+        loaded, statuses = self._loaded(), self._modules()
+        yield GaugeMetricFamily("controlplane_ready", "1 once the directory is loaded.", float(self._ready()))
+        yield GaugeMetricFamily("controlplane_config_errors", "Errors in the config directory.", len(loaded.errors))
+        plugins = GaugeMetricFamily(
+            "controlplane_plugins", "WasmPlugins served, by the state of their module.", labels=["module"]
+        )
+        by_plugin = Counter(_module_state(statuses.get(p.module)) for p in loaded.config.plugins)
+        modules = GaugeMetricFamily("controlplane_modules", "Modules, by state.", labels=["state"])
+        by_module = Counter(_module_state(statuses.get(p.module)) for p in _unique_modules(loaded))
+        for state in ("ready", "failed", "fetching"):
+            plugins.add_metric([state], by_plugin[state])
+            modules.add_metric([state], by_module[state])
+        yield plugins
+        yield modules
+        connected = GaugeMetricFamily(
+            "controlplane_proxies_connected", "Proxy streams open, by protocol.", labels=["protocol"]
+        )
+        by_protocol = Counter(c.protocol for c in self._xds.connections.values())
+        for protocol in ("sotw", "delta"):
+            connected.add_metric([protocol], by_protocol[protocol])
+        yield connected
+        yield _counter("controlplane_xds_responses", "Responses sent, by type.", self._xds.responses_sent)
+        yield _counter("controlplane_xds_rejections", "NACKs received, by type.", self._xds.rejections)
+        rejecting = GaugeMetricFamily(
+            "controlplane_proxies_rejecting", "Proxies whose last answer was a NACK, by type.", labels=["type_url"]
+        )
+        for type_url, count in sorted(
+            Counter(t for c in self._xds.connections.values() for t, s in c.types.items() if s.error).items()
+        ):
+            rejecting.add_metric([type_url], count)
+        yield rejecting
 
 
-def _escaped(value: str) -> str:
-    """A label value as the Prometheus text format wants it."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _unique_modules(loaded: LoadedDirectory) -> list[Any]:
+    return list({p.module: p for p in loaded.config.plugins}.values())
+
+
+def _module_state(status: ModuleStatus | None) -> str:
+    if isinstance(status, ModuleReady):
+        return "ready"
+    return "failed" if isinstance(status, ModuleFailed) else "fetching"
+
+
+def _counter(name: str, documentation: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=["type_url"])
+    for type_url, count in sorted(counts.items()):
+        family.add_metric([type_url], count)
+    return family
+
+
+StatusView = Callable[[], Callable[[], Any]]
+"""Called on the event loop, which owns the state: takes what the view needs and returns the function that
+builds it, which runs off the loop."""
+
+
+def built(value: Any) -> Callable[[], Any]:
+    """A view small enough to build on the loop (it reads state the loop changes)."""
+    return lambda: value
+
+
+class AdminRoutes:
+    """The admin port's pages."""
+
+    def __init__(self, ready: Callable[[], bool], metrics: Metrics, views: Mapping[str, StatusView]) -> None:
+        self._ready = ready
+        self._metrics = metrics
+        self._views = views
+        # Its own threads: views never wait behind module downloads, nor hold them up.
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="admin-view")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def __call__(self, request: Request) -> Reply:
+        if request.path == "/healthz":
+            return text(HTTPStatus.OK, "ok\n")
+        if request.path == "/ready":
+            ready = self._ready()
+            return text(HTTPStatus.OK, "ready\n") if ready else text(HTTPStatus.SERVICE_UNAVAILABLE, "loading\n")
+        if request.path == "/metrics":
+            return Reply(HTTPStatus.OK, self._metrics.exposition(), CONTENT_TYPE_LATEST)
+        view = self._views.get(request.path)
+        if view is None:
+            return text(HTTPStatus.NOT_FOUND, "not found\n")
+        build = view()
+        body = await asyncio.get_running_loop().run_in_executor(self._executor, _encoded, build)
+        return Reply(HTTPStatus.OK, body, "application/json")
+
+
+def _encoded(build: Callable[[], Any]) -> bytes:
+    return json.dumps(build(), indent=2, sort_keys=True).encode() + b"\n"

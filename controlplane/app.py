@@ -4,6 +4,7 @@ snapshots → ADS, with the watcher and the HTTP port at the edges."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -12,9 +13,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from controlplane.admin import config_view, metrics_text, proxies_view
+from controlplane.admin import AdminRoutes, Metrics, StateCollector, built, config_view, proxies_view
+from controlplane.convergence import Convergence
 from controlplane.errors import ConfigError
-from controlplane.http_server import HttpServer
+from controlplane.http_server import HttpLimits, HttpServer, Request, module_routes
+from controlplane.identity import auth_context_uris, certificate_namespace, may_fetch_module, namespace_refusal
 from controlplane.model import ModuleReady, ModuleStatus, PluginType, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests
@@ -25,10 +28,12 @@ from controlplane.source.directory import LoadedDirectory, load_directory
 from controlplane.source.serving_record import read_record, record_of, write_record
 from controlplane.source.settle import SettleSettings, git_busy, settle
 from controlplane.source.watcher import WRITE_GRACE_SECONDS, DirectoryWatcher
+from controlplane.tls import ServerTls, TlsFiles
 from controlplane.translate.resources import TranslateSettings, ecds_name, host_for_url, translate
 from controlplane.translate.selection import select_plugins
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.server import DiscoveryServer
+from controlplane.xds.connection import Connection
+from controlplane.xds.server import DiscoveryServer, StreamEvents
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snapshot
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,12 @@ class ServeSettings:
     host: str = "127.0.0.1"
     xds_port: int = 18000
     http_port: int = 18001
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 18002
+    tls: TlsFiles | None = None
+    """The xDS and module ports speak TLS with these; with a client CA, mTLS and proxy identities."""
+    trust_domain: str = "cluster.local"
+    http_limits: HttpLimits = HttpLimits()
     translate: TranslateSettings = TranslateSettings()
     modules: ResolverSettings = ResolverSettings()
     settle: SettleSettings = SettleSettings()
@@ -62,7 +73,12 @@ class ControlPlane:
         self.modules = ModuleResolver(
             self.store, ModuleIndex(self.settings.cache_dir), self.settings.modules, self._rebuild
         )
-        self.xds = DiscoveryServer(self.cache, proxy_class, self.ready)
+        self.metrics = Metrics()
+        self.convergence = Convergence(self.metrics.change_to_ack_seconds.observe)
+        self.xds = DiscoveryServer(self.cache, proxy_class, self.ready, _Events(self))
+        self.metrics.registry.register(
+            StateCollector(self.ready.is_set, lambda: self.loaded, lambda: self.modules.statuses, self.xds)
+        )
         self._reload_wanted = asyncio.Event()
         self._reported: set[ConfigError] = set()
         self._reload_lock = asyncio.Lock()
@@ -75,29 +91,49 @@ class ControlPlane:
         ends, so that made-up labels cannot grow it."""
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
-        self._watcher = DirectoryWatcher(list(self.settings.config_dirs), self._reload_wanted.set)
+        self._admin: HttpServer | None = None
+        self._admin_routes: AdminRoutes | None = None
+        self._watcher = DirectoryWatcher(list(self.settings.config_dirs), self._file_changed)
+        self._tls = ServerTls(self.settings.tls) if self.settings.tls else None
+
+    def _file_changed(self) -> None:
+        self.convergence.changed()
+        self._reload_wanted.set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._grpc = grpc.aio.server()
         self.xds.register(self._grpc)
-        self.xds_port = self._grpc.add_insecure_port(f"{host_for_url(self.settings.host)}:{self.settings.xds_port}")
+        xds_address = f"{host_for_url(self.settings.host)}:{self.settings.xds_port}"
+        if self._tls is not None:
+            self.xds_port = self._grpc.add_secure_port(xds_address, self._tls.grpc_credentials())
+        else:
+            self.xds_port = self._grpc.add_insecure_port(xds_address)
         self._http = HttpServer(
+            "module",
             self.settings.host,
             self.settings.http_port,
-            self.store,
-            loop,
+            module_routes(self.store, self._may_fetch),
+            self.settings.http_limits,
+            self._tls,
+        )
+        self._admin_routes = AdminRoutes(
             self.ready.is_set,
+            self.metrics,
             {
-                "/debug/config": lambda: config_view(
-                    self.loaded, self.modules.statuses, self.modules.retry_times(), time.time()
+                # Taken on the loop (the dicts are copies), built off it.
+                "/debug/config": lambda: functools.partial(
+                    config_view, self.loaded, self.modules.statuses, self.modules.retry_times(), time.time()
                 ),
-                "/debug/proxies": lambda: proxies_view(self.xds.connections.values()),
-                "/metrics": lambda: metrics_text(self.ready.is_set(), self.loaded, self.modules.statuses, self.xds),
+                "/debug/proxies": lambda: built(proxies_view(self.xds.connections.values())),
             },
         )
-        self.http_port = self._http.port
-        self._http.start()
+        self._admin = HttpServer(
+            "admin", self.settings.admin_host, self.settings.admin_port, self._admin_routes, self.settings.http_limits
+        )
+        await self._http.start()
+        await self._admin.start()
+        self.http_port, self.admin_port = self._http.port, self._admin.port
         await self._grpc.start()
         self._watcher.start(loop)
         await self.reload()
@@ -115,28 +151,46 @@ class ControlPlane:
             task.add_done_callback(_report_end)
             self._tasks.append(task)
         log.info(
-            "serving xDS on %s:%d and HTTP on %s:%d",
+            "serving xDS on %s:%d%s, modules on %s:%d, admin on %s:%d",
             self.settings.host,
             self.xds_port,
+            (" with mTLS" if self._tls.mutual else " with TLS") if self._tls else "",
             self.settings.host,
             self.http_port,
+            self.settings.admin_host,
+            self.admin_port,
         )
 
     async def stop(self) -> None:
+        """Stops accepting, then closes the streams: each Envoy keeps its config and reconnects at once (to
+        another replica where there is one)."""
         self._watcher.stop()
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._grpc is not None:
             await self._grpc.stop(grace=1)
-        if self._http is not None:
-            self._http.stop()
+        for http in (self._http, self._admin):
+            if http is not None:
+                await http.stop()
+        if self._admin_routes is not None:
+            self._admin_routes.close()
+
+    def _may_fetch(self, sha256: str, request: Request) -> bool:
+        if self._tls is None or not self._tls.mutual:
+            return True
+        namespace = certificate_namespace(request.peer_uris, self.settings.trust_domain)
+        return namespace is not None and may_fetch_module(
+            sha256, namespace, self.loaded.config.plugins, self.modules.statuses, self.settings.translate.root_namespace
+        )
 
     async def reload(self) -> None:
         async with self._reload_lock:  # each load starts from the one before it
             # Watch where the roots lead now (a symlink swap or a replaced folder moves them) before reading.
             self._watcher.refresh()
             # Reading and parsing every changed file can take long: in a worker, so that no xDS stream stalls.
-            self.loaded = await asyncio.to_thread(self._load, self.loaded, self._watcher.writes_in_progress())
+            with self.metrics.reload_seconds.time():
+                self.loaded = await asyncio.to_thread(self._load, self.loaded, self._watcher.writes_in_progress())
         self._report(self.loaded.errors, self.loaded.warnings)
         self.modules.require(module_requests(self.loaded.config))
         self._rebuild()
@@ -173,9 +227,10 @@ class ControlPlane:
             current = {ecds_name(p) for p in plugins}
             retired = {name: plugin_type for name, plugin_type in sent.items() if name not in current}
             sent.update({ecds_name(p): p.type for p in plugins})
-        resources = translate(
-            self.loaded.config, proxy, statuses, self.settings.translate, inline_modules=inline, retired=retired
-        )
+        with self.metrics.translation_seconds.time():
+            resources = translate(
+                self.loaded.config, proxy, statuses, self.settings.translate, inline_modules=inline, retired=retired
+            )
         return Snapshot.of(
             {CLUSTER: resources.clusters, LISTENER: resources.listeners, EXTENSION_CONFIG: resources.extension_configs}
         )
@@ -198,9 +253,12 @@ class ControlPlane:
         self.cache.set(proxy, self.snapshot_for(proxy))
 
     def _rebuild(self) -> None:
+        changed = []
         for key in self.cache.watched_keys():
             if self.cache.set(key, self.snapshot_for(key)):
                 log.info("new config for %s", key)
+                changed.append(key)
+        self.convergence.rebuilt(changed, self.xds.connections.values())
 
     async def _reload_loop(self) -> None:
         roots = list(self.settings.config_dirs)
@@ -217,6 +275,24 @@ class ControlPlane:
                 await self.reload()
             except Exception:  # a bug in one reload must not stop the server from taking the next
                 log.exception("reload failed; still serving the previous config")
+
+
+class _Events(StreamEvents[ProxyClass]):
+    def __init__(self, plane: ControlPlane) -> None:
+        self._plane = plane
+
+    def admit(self, key: ProxyClass, context: grpc.aio.ServicerContext) -> str | None:
+        tls, trust_domain = self._plane._tls, self._plane.settings.trust_domain
+        if tls is None or not tls.mutual:
+            return None
+        return namespace_refusal(key.namespace, auth_context_uris(context.auth_context()), trust_domain)
+
+    def pushed(self, connection: Connection[ProxyClass], seconds: float) -> None:
+        self._plane.metrics.push_seconds.observe(seconds)
+        self._plane.convergence.pushed(connection)
+
+    def answered(self, connection: Connection[ProxyClass]) -> None:
+        self._plane.convergence.answered(connection, list(self._plane.xds.connections.values()))
 
 
 def _report_end(task: asyncio.Task[None]) -> None:

@@ -1,20 +1,26 @@
-"""The `controlplane` command: serve, validate, render, bootstrap."""
+"""The `controlplane` command: serve, validate, diff, render, bootstrap, status."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import http.client
+import importlib.metadata
 import json
 import logging
 import os
+import resource
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
+from controlplane import logs
 from controlplane.app import ServeSettings, serve
-from controlplane.bootstrap import envoy_bootstrap
+from controlplane.bootstrap import EnvoyTls, envoy_bootstrap
 from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
 from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
@@ -23,9 +29,11 @@ from controlplane.modules.download import FetchSettings
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
+from controlplane.proxy_status import any_nacked, status_table
 from controlplane.render import resources_as_dict, to_yaml
 from controlplane.source.directory import load_directory, missing_roots
 from controlplane.source.secrets import DockerConfigError
+from controlplane.tls import ServerTls, TlsFileError, TlsFiles
 from controlplane.translate.resources import TranslateSettings, translate
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
@@ -34,22 +42,55 @@ DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expand
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level, args.log_format)
     return int(args.run(args) or 0)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("wasm-controlplane")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _log_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """Before or after the subcommand; given after it, they win."""
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info" if defaults else argparse.SUPPRESS,
+    )
+    parser.add_argument("--log-format", choices=["text", "json"], default="text" if defaults else argparse.SUPPRESS)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="controlplane", description="GitOps control plane for Envoy Wasm plugins")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _log_flags(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _log_flags(common, defaults=False)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve_cmd = commands.add_parser("serve", help="serve xDS for the plugins of a config directory")
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, parents=[common])
+
+    serve_cmd = command("serve", "serve xDS for the plugins of a config directory")
     serve_cmd.add_argument("--config-dir", action="append", required=True, help="repeatable")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     serve_cmd.add_argument("--xds-port", type=int, default=18000)
-    serve_cmd.add_argument("--http-port", type=int, default=18001, help="modules, health and status")
+    serve_cmd.add_argument("--http-port", type=int, default=18001, help="the modules, for the proxies")
+    serve_cmd.add_argument("--admin-port", type=int, default=18002, help="health, readiness, metrics, status views")
+    serve_cmd.add_argument("--admin-host", default="127.0.0.1", help="address of --admin-port (default: loopback)")
+    serve_cmd.add_argument("--tls-cert", help="PEM certificate (chain) of the xDS and module ports; re-read on change")
+    serve_cmd.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve_cmd.add_argument(
+        "--client-ca", help="PEM CA that proxies' certificates must be signed by (mTLS; needs --tls-cert)"
+    )
+    serve_cmd.add_argument(
+        "--trust-domain",
+        default="cluster.local",
+        help="with --client-ca, proxies' SPIFFE ids are spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT",
+    )
     serve_cmd.add_argument(
         "--advertise-address",
         help="HOST[:PORT] where the proxies reach --http-port (default: --host); a PORT for a load balancer "
@@ -75,19 +116,19 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full rescans")
     serve_cmd.set_defaults(run=_serve)
 
-    validate_cmd = commands.add_parser("validate", help="check config directories; exit 1 when invalid")
+    validate_cmd = command("validate", "check config directories; exit 1 when invalid")
     validate_cmd.add_argument("dirs", nargs="+")
     validate_cmd.add_argument("--format", choices=["text", "json"], default="text")
     validate_cmd.set_defaults(run=_validate)
 
-    diff_cmd = commands.add_parser("diff", help="per proxy class, the plugins and filter orders that change")
+    diff_cmd = command("diff", "per proxy class, the plugins and filter orders that change")
     diff_cmd.add_argument("old_dir")
     diff_cmd.add_argument("new_dir")
     diff_cmd.add_argument("--format", choices=["text", "json"], default="text")
     diff_cmd.add_argument("--root-namespace", default="istio-system")
     diff_cmd.set_defaults(run=_diff)
 
-    render_cmd = commands.add_parser("render", help="print the resources one proxy would get")
+    render_cmd = command("render", "print the resources one proxy would get")
     render_cmd.add_argument("dir")
     render_cmd.add_argument("--namespace", default="default")
     render_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
@@ -97,16 +138,24 @@ def _parser() -> argparse.ArgumentParser:
     _module_flags(render_cmd)
     render_cmd.set_defaults(run=_render)
 
-    bootstrap_cmd = commands.add_parser("bootstrap", help="print an Envoy bootstrap for one proxy")
+    bootstrap_cmd = command("bootstrap", "print an Envoy bootstrap for one proxy")
     bootstrap_cmd.add_argument("--node-id", required=True)
     bootstrap_cmd.add_argument("--namespace", default="default")
     bootstrap_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
     bootstrap_cmd.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port, help="HOST:PORT")
     bootstrap_cmd.add_argument("--admin-port", type=int, default=9901)
     bootstrap_cmd.add_argument("--delta", action="store_true", help="incremental xDS instead of state of the world")
+    bootstrap_cmd.add_argument("--tls-ca", help="PEM CA the control plane's certificate is checked against (TLS)")
+    bootstrap_cmd.add_argument("--tls-cert", help="PEM client certificate of the proxy, for mTLS")
+    bootstrap_cmd.add_argument("--tls-key", help="PEM private key of --tls-cert")
     bootstrap_cmd.set_defaults(run=_bootstrap)
 
-    demo_cmd = commands.add_parser("demo", help="run the rate-limit tutorial with httpbin and Envoy on this machine")
+    status_cmd = command("status", "per proxy and type: SYNCED, STALE, NACKED or NOT SENT; exit 1 on a NACK")
+    status_cmd.add_argument("--admin-address", default="127.0.0.1:18002", type=_host_port, help="HOST:PORT")
+    status_cmd.add_argument("--output", choices=["table", "json"], default="table")
+    status_cmd.set_defaults(run=_status)
+
+    demo_cmd = command("demo", "run the rate-limit tutorial with httpbin and Envoy on this machine")
     demo_cmd.set_defaults(run=lambda args: run_demo())
     return parser
 
@@ -198,8 +247,70 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host in ("0.0.0.0", "::") and not args.advertise_address:
         print("controlplane: --advertise-address is required with --host", args.host, file=sys.stderr)
         return 2
-    asyncio.run(serve(settings))
+    try:
+        tls = _tls_files(args)
+        if tls is not None:
+            ServerTls(tls)  # refuse to start on files that do not load, rather than at the first handshake
+    except (_UsageError, TlsFileError) as exc:
+        print(f"controlplane: {exc}", file=sys.stderr)
+        return 2
+    settings = dataclasses.replace(
+        settings,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        tls=tls,
+        trust_domain=args.trust_domain,
+        translate=dataclasses.replace(
+            settings.translate, module_tls=tls is not None, module_client_cert=bool(args.client_ca)
+        ),
+    )
+    _raise_open_files_limit()
+    _run_until_stopped(serve(settings))
     return 0
+
+
+def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise _UsageError("--tls-cert and --tls-key go together")
+    if args.client_ca and not args.tls_cert:
+        raise _UsageError("--client-ca needs --tls-cert and --tls-key")
+    if not args.tls_cert:
+        return None
+    return TlsFiles(args.tls_cert, args.tls_key, args.client_ca or "")
+
+
+def _raise_open_files_limit() -> None:
+    """Every proxy stream and HTTP connection is a descriptor: take what the hard limit allows, as Go
+    servers do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _run_until_stopped(server: Coroutine[Any, Any, None]) -> None:
+    """Runs the server until it returns (on SIGTERM or SIGINT). Unlike asyncio.run, does not wait for the
+    worker threads: one may be in a download (up to minutes) or a read that blocks, and a stop must take
+    seconds. Whatever a worker was doing is abandoned with the process."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(server)
+        leftover = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            loop.run_until_complete(asyncio.wait(leftover, timeout=2))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()  # does not wait for the default executor's threads
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        logging.getLogger(__name__).debug("leaving work in progress in worker threads")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _advertised(address: str, default_port: int) -> tuple[str, int]:
@@ -279,13 +390,37 @@ async def _resolve_modules(requests: list[ModuleRequest], fetch: FetchSettings) 
 
 def _bootstrap(args: argparse.Namespace) -> int:
     host, port = args.xds_address
-    print(
-        to_yaml(
-            envoy_bootstrap(args.node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)
-        ),
-        end="",
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_cert and not args.tls_ca):
+        print("controlplane: --tls-cert and --tls-key go together, and need --tls-ca", file=sys.stderr)
+        return 2
+    tls = EnvoyTls(args.tls_ca, args.tls_cert or "", args.tls_key or "") if args.tls_ca else None
+    bootstrap = envoy_bootstrap(
+        args.node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta, tls=tls
     )
+    print(to_yaml(bootstrap), end="")
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Exit 0: every proxy holds what it was sent or is being sent it; 1: some proxy NACKed; 2: the admin
+    port cannot be asked."""
+    host, port = args.admin_address
+    try:
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+        connection.request("GET", "/debug/proxies")
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise OSError(f"HTTP {response.status}")
+        proxies = json.loads(body)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        print(f"controlplane: cannot read {host}:{port}/debug/proxies: {exc}", file=sys.stderr)
+        return 2
+    if args.output == "json":
+        print(json.dumps(proxies, indent=2, sort_keys=True))
+    else:
+        print(status_table(proxies), end="")
+    return 1 if any_nacked(proxies) else 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ FIXTURES = REPO / "fixtures"
 ENVOY_BOOTSTRAP = REPO / "envoy" / "bootstrap-local.yaml"
 LISTENER_PORT = 8000  # fixtures/config/sidecar.yaml
 HTTPBIN_ADDRESS = "127.0.0.1:8080"  # its defaultEndpoint
-CONTROL_PLANE_HTTP_PORT = 18001
+CONTROL_PLANE_ADMIN_PORT = 18002
 
 
 def run_demo() -> int:
@@ -57,7 +57,7 @@ def run_demo() -> int:
                 str(work_dir / "cache"),
             ],
         )
-        _wait(lambda: _get(CONTROL_PLANE_HTTP_PORT, "/ready")[0] == 200, "the control plane")
+        _wait(lambda: _get(CONTROL_PLANE_ADMIN_PORT, "/ready")[0] == 200, "the control plane")
         step("starting Envoy with", ENVOY_BOOTSTRAP.relative_to(REPO))
         start("envoy", [_tool("envoy"), "-c", str(ENVOY_BOOTSTRAP), "--use-dynamic-base-id", "--log-level", "warn"])
         _wait(lambda: _get(LISTENER_PORT, "/get")[0] == 200, "Envoy's listener on :8000")
@@ -107,7 +107,7 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 30) -> None
     while not condition():
         if time.monotonic() > deadline:
             raise SystemExit(
-                f"demo: {what} did not come up within {timeout}s (ports 8000, 8080, 9901, 18000, 18001 must be free)"
+                f"demo: {what} did not come up within {timeout}s (ports 8000, 8080, 9901, 18000, 18001, 18002 must be free)"
             )
         time.sleep(0.05)
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.bootstrap import envoy_bootstrap
 
@@ -130,9 +131,21 @@ class ControlPlaneProcess:
     process: Process
     xds_port: int
     http_port: int
+    """The module port."""
+    admin_port: int
+    """Health, readiness, metrics and the status views."""
 
     def status(self, view: str = "config") -> Any:
-        return http_get(self.http_port, f"/debug/{view}").json()
+        return http_get(self.admin_port, f"/debug/{view}").json()
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of `/metrics`, parsed by prometheus_client: (name, sorted labels) to value."""
+        text = http_get(self.admin_port, "/metrics").body.decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     def module(self, url: str) -> dict[str, Any]:
         """The one entry of the `/debug/config` modules list for `url` (as shown: redacted)."""
@@ -145,12 +158,12 @@ def start_control_plane(
     config_dir: Path,
     log_dir: Path,
     *extra: str,
-    ports: tuple[int, int] | None = None,
+    ports: tuple[int, int] | tuple[int, int, int] | None = None,
     until: str = "/ready",
 ) -> ControlPlaneProcess:
-    """`ports` (xDS, HTTP) start it where an earlier one ran, as a restart does; `until` is the HTTP path
-    that must answer 200 before this returns."""
-    xds_port, http_port = ports or (free_port(), free_port())
+    """`ports` (xDS, HTTP[, admin]) start it where an earlier one ran, as a restart does; `until` is the admin
+    path that must answer 200 before this returns."""
+    xds_port, http_port, admin_port = (*ports, free_port())[:3] if ports else (free_port(), free_port(), free_port())
     process = Process(
         f"controlplane-{len(processes)}",
         [
@@ -164,6 +177,8 @@ def start_control_plane(
             str(xds_port),
             "--http-port",
             str(http_port),
+            "--admin-port",
+            str(admin_port),
             "--cache-dir",
             str(log_dir / "cache"),
             *extra,
@@ -171,8 +186,8 @@ def start_control_plane(
         log_dir,
     )
     processes.append(process)
-    wait_for(lambda: http_get(http_port, until).status == 200, what=f"control plane {until}")
-    return ControlPlaneProcess(process, xds_port, http_port)
+    wait_for(lambda: http_get(admin_port, until).status == 200, what=f"control plane {until}")
+    return ControlPlaneProcess(process, xds_port, http_port, admin_port)
 
 
 @dataclass

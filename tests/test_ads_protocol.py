@@ -225,7 +225,7 @@ def test_a_node_with_malformed_metadata_is_refused(control_plane: ControlPlanePr
         assert "LABELS" in (refused.value.details() or "")
 
     run(control_plane, script, "a")
-    assert http_get(control_plane.http_port, "/healthz").status == 200
+    assert http_get(control_plane.admin_port, "/healthz").status == 200
 
 
 def test_sotw_new_names_are_answered_and_a_rejected_config_does_not_stop_the_next_change(
@@ -385,14 +385,14 @@ def test_no_proxy_is_answered_before_the_directory_and_its_modules_are_loaded(
         )
     )
     control_plane = start_control_plane(processes, config_dir, tmp_path, until="/healthz")
-    xds_port, http_port = control_plane.xds_port, control_plane.http_port
+    xds_port, admin_port = control_plane.xds_port, control_plane.admin_port
 
     async def script() -> None:
         client = Client(xds_port, "proxy-a", {"app": "a"})
         try:
             client.send(EXTENSION_CONFIG, names=["extensions.istio.io/wasmplugin/default.slow"])
             assert await client.nothing_arrives()
-            assert http_get(http_port, "/ready").status == 503
+            assert http_get(admin_port, "/ready").status == 503
             delay.set()
             response = await client.receive()
             assert _names(response) == ["extensions.istio.io/wasmplugin/default.slow"]

@@ -173,7 +173,7 @@ def test_the_status_view_lists_every_module_of_a_url_without_its_credentials(
         (shown, "0" * 64, ["default/wrong"], "failed"),
         (shown, MODULE_SHA256, ["default/also-right", "default/right"], "ready"),
     ]
-    body = http_get(control_plane.http_port, "/debug/config").body.decode()
+    body = http_get(control_plane.admin_port, "/debug/config").body.decode()
     assert not [s for s in secrets if s in body + control_plane.process.log()]
 
 

@@ -88,10 +88,10 @@ def test_a_listener_envoy_cannot_bind_is_rejected_once_and_the_others_keep_servi
         time.sleep(SETTLE_SECONDS)
         assert envoy.stats()["listener_manager.lds.update_rejected"] == rejected == 1
         assert "rejected" in control_plane.process.log() and "Address already in use" in control_plane.process.log()
-        metrics = http_get(control_plane.http_port, "/metrics").body.decode().splitlines()
-        assert f'controlplane_xds_rejections_total{{type_url="{LISTENER}"}} 1' in metrics
-        assert f'controlplane_proxies_rejecting{{type_url="{LISTENER}"}} 1' in metrics
-        assert "controlplane_proxies_connected 1" in metrics
+        metrics = control_plane.metrics()
+        assert metrics["controlplane_xds_rejections_total", (("type_url", LISTENER),)] == 1
+        assert metrics["controlplane_proxies_rejecting", (("type_url", LISTENER),)] == 1
+        assert metrics["controlplane_proxies_connected", (("protocol", "sotw"),)] == 1
 
 
 @BOTH_PROTOCOLS

@@ -47,6 +47,7 @@ from controlplane.model import (
     WasmPlugin,
 )
 from controlplane.translate.selection import plugin_applies_to_port, select_plugins, select_sidecar
+from controlplane.translate.transport import upstream_tls
 
 ECDS_NAME_PREFIX = "extensions.istio.io/wasmplugin/"
 MODULE_CLUSTER = "wasm-modules"
@@ -73,6 +74,10 @@ class TranslateSettings:
     module_delivery: Literal["remote", "local"] = "remote"
     local_module_dir: str = ""
     """With local delivery: the folder where the proxies see the module cache."""
+    module_tls: bool = False
+    """The module port speaks TLS: the module cluster uses the bootstrap's TLS secrets."""
+    module_client_cert: bool = False
+    """... and wants the proxy's certificate (mTLS)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def translate(
     # Every selected plugin gets its config, used by a listener here or not: a proxy with listeners of
     # its own names the plugins it wants, and a proxy only subscribes to the names it uses.
     plugins = select_plugins(config, proxy, settings.root_namespace)
-    clusters = [_endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
+    clusters = [_module_cluster(settings)]
     clusters += [_upstream_cluster(port) for port in ports]
     per_port = [[p for p in plugins if plugin_applies_to_port(p, port)] for port in ports]
     listeners = [_listener(port, used) for port, used in zip(ports, per_port, strict=True)]
@@ -324,6 +329,13 @@ def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
             )
         )
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options, deterministic=True)
+    return cluster
+
+
+def _module_cluster(settings: TranslateSettings) -> cluster_pb2.Cluster:
+    cluster = _endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)
+    if settings.module_tls:
+        cluster.transport_socket.CopyFrom(upstream_tls(settings.module_client_cert))
     return cluster
 
 

@@ -30,15 +30,34 @@ _CHANGED = object()
 _CLOSED = object()
 
 
+class StreamEvents(Generic[K]):
+    """What the server tells its owner about streams; the defaults do nothing."""
+
+    def admit(self, key: K, context: grpc.aio.ServicerContext) -> str | None:
+        """Why a stream asking as `key` is refused (PERMISSION_DENIED), or None to serve it."""
+        return None
+
+    def pushed(self, connection: Connection[K], seconds: float) -> None:
+        """A change reached the stream: its responses were handed to gRPC `seconds` after the change."""
+
+    def answered(self, connection: Connection[K]) -> None:
+        """The proxy ACKed or NACKed a response."""
+
+
 class DiscoveryServer(Generic[K]):
     def __init__(
-        self, cache: SnapshotCache[K], node_key: Callable[[base_pb2.Node, bool], K], ready: asyncio.Event
+        self,
+        cache: SnapshotCache[K],
+        node_key: Callable[[base_pb2.Node, bool], K],
+        ready: asyncio.Event,
+        events: StreamEvents[K] | None = None,
     ) -> None:
         """`node_key(node, standalone_ecds)` says which snapshot a stream gets; `standalone_ecds` is true on the
         extension-config service."""
         self._cache = cache
         self._node_key = node_key
         self._ready = ready
+        self._events: StreamEvents[K] = events or StreamEvents()
         self._nonces = itertools.count(1)
         self.connections: dict[int, Connection[K]] = {}
         self.responses_sent: Counter[str] = Counter()
@@ -70,6 +89,11 @@ class DiscoveryServer(Generic[K]):
             except InvalidNode as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 return
+            refusal = self._events.admit(key, context)
+            if refusal is not None:
+                log.warning("proxy %r refused: %s", first.node.id, refusal)  # type: ignore[attr-defined]
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+                return
             # Nobody is answered before the directory is loaded: a partial config would be worse than none.
             await self._ready.wait()
             connection = Connection(first.node.id, key, protocol, time.time())  # type: ignore[attr-defined]
@@ -82,11 +106,12 @@ class DiscoveryServer(Generic[K]):
                 else DeltaProtocol(connection, snapshot, self._nonces)
             )
             change_queued = False
+            changed_at = 0.0
 
             def notify() -> None:
-                nonlocal change_queued
+                nonlocal change_queued, changed_at
                 if not change_queued:
-                    change_queued = True
+                    change_queued, changed_at = True, time.monotonic()
                     inbox.put_nowait(_CHANGED)
 
             cancel_watch = self._cache.watch(key, notify)
@@ -108,6 +133,10 @@ class DiscoveryServer(Generic[K]):
                 for response in responses:
                     self.responses_sent[response.type_url] += 1
                     yield response
+                if item is _CHANGED:
+                    self._events.pushed(connection, time.monotonic() - changed_at)
+                elif item.response_nonce:  # type: ignore[attr-defined]
+                    self._events.answered(connection)
                 item = await inbox.get()
         finally:
             if cancel_watch is not None:
