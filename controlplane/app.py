@@ -70,10 +70,14 @@ class ControlPlane:
         self.cache.on_first_watch = self._build_first
         self.cache.on_last_unwatch = self._forget_class
         self.store = ModuleStore(self.settings.cache_dir)
-        self.modules = ModuleResolver(
-            self.store, ModuleIndex(self.settings.cache_dir), self.settings.modules, self._rebuild
-        )
         self.metrics = Metrics()
+        self.modules = ModuleResolver(
+            self.store,
+            ModuleIndex(self.settings.cache_dir),
+            self.settings.modules,
+            self._rebuild,
+            lambda result: self.metrics.module_fetches.labels(result).inc(),
+        )
         self.convergence = Convergence(self.metrics.change_to_ack_seconds.observe)
         self.xds = DiscoveryServer(self.cache, proxy_class, self.ready, _Events(self))
         self.metrics.registry.register(

@@ -53,12 +53,20 @@ class Resolved:
 
 class ModuleResolver:
     def __init__(
-        self, store: ModuleStore, index: ModuleIndex, settings: ResolverSettings, on_change: Callable[[], None]
+        self,
+        store: ModuleStore,
+        index: ModuleIndex,
+        settings: ResolverSettings,
+        on_change: Callable[[], None],
+        on_fetched: Callable[[str], None] = lambda result: None,
     ) -> None:
+        """`on_fetched(result)` after each fetch: "ready", "unchanged" (the registry still names the cached
+        module), "cached" (served from the cache without asking) or "failed"."""
         self._store = store
         self._index = index
         self._settings = settings
         self._on_change = on_change
+        self._on_fetched = on_fetched
         self._statuses: dict[ModuleKey, ModuleStatus] = {}
         self._requests: dict[ModuleKey, ModuleRequest] = {}
         self._fetching: dict[ModuleKey, asyncio.Task[None]] = {}
@@ -165,6 +173,7 @@ class ModuleResolver:
             return True  # no plugin wants it any more
         self._set(key, ModuleReady(entry.sha256, entry.size))
         self._fetched_revision[key] = request.revision
+        self._on_fetched("cached")
         again = "; a cached copy: pulling it again (imagePullPolicy Always)" if request.always else ""
         log.info("module %s: serving %s from the cache%s", redact(key.url), entry.sha256, again)
         return True
@@ -184,6 +193,9 @@ class ModuleResolver:
                 log.exception("module %s: fetch failed unexpectedly", redact(key.url))
                 resolved = Resolved(ModuleFailed(f"internal error: {type(exc).__name__}: {exc}"))
             status = resolved.status
+            self._on_fetched(
+                "failed" if isinstance(status, ModuleFailed) else "unchanged" if resolved.unchanged else "ready"
+            )
             if resolved.unchanged:
                 log.info(
                     "module %s: unchanged in the registry (%s); keeping the cached copy",

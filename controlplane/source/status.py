@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.source.directory import FileState, LoadedDirectory
+from controlplane.errors import ConfigError
+from controlplane.source.directory import FileState, LoadedDirectory, Served
 from controlplane.source.documents import DocumentKey
 
 
+@dataclass
+class _ByPath:
+    """What the directory as a whole says about each file, gathered once: looking it up per file would make
+    the view quadratic in the number of files."""
+
+    stale: defaultdict[str, list[tuple[DocumentKey, Served]]] = field(default_factory=lambda: defaultdict(list))
+    errors: defaultdict[str, list[ConfigError]] = field(default_factory=lambda: defaultdict(list))
+    warnings: defaultdict[str, list[ConfigError]] = field(default_factory=lambda: defaultdict(list))
+
+
 def file_status(loaded: LoadedDirectory) -> dict[str, dict[str, Any]]:
-    return {path: _one_file(loaded, state) for path, state in loaded.files.items()}
+    by_path = _ByPath()
+    for key, served in loaded.served.items():
+        if served.stale:
+            by_path.stale[served.path].append((key, served))
+    for error in loaded.errors:
+        by_path.errors[error.path].append(error)
+    for warning in loaded.warnings:
+        by_path.warnings[warning.path].append(warning)
+    return {path: _one_file(loaded, state, by_path) for path, state in loaded.files.items()}
 
 
-def _one_file(loaded: LoadedDirectory, state: FileState) -> dict[str, Any]:
+def _one_file(loaded: LoadedDirectory, state: FileState, by_path: _ByPath) -> dict[str, Any]:
     documents = []
     keys_here: set[DocumentKey] = set()
     for document in state.documents:
@@ -31,8 +52,8 @@ def _one_file(loaded: LoadedDirectory, state: FileState) -> dict[str, Any]:
             entry["state"] = "applied"
         documents.append(entry)
     # A file that cannot be parsed has no documents of its own; what it served before still serves.
-    for key, served in loaded.served.items():
-        if served.path == state.path and served.stale and key not in keys_here:
+    for key, served in by_path.stale.get(state.path, ()):
+        if key not in keys_here:
             documents.append(
                 {
                     "line": served.value.source.line,
@@ -42,7 +63,11 @@ def _one_file(loaded: LoadedDirectory, state: FileState) -> dict[str, Any]:
             )
     errors = [str(e) for e in state.errors + tuple(e for d in state.documents for e in d.errors)]
     # Errors the directory found about this file as a whole (such as duplicates) are not in its state.
-    errors += [str(e) for e in loaded.errors if e.path == state.path and str(e) not in errors]
+    seen = set(errors)
+    for error in map(str, by_path.errors.get(state.path, ())):
+        if error not in seen:
+            seen.add(error)
+            errors.append(error)
     if state.path in loaded.being_written:
         summary = "being written: its previous version is served until the writer closes it"
     elif not errors:
@@ -52,7 +77,7 @@ def _one_file(loaded: LoadedDirectory, state: FileState) -> dict[str, Any]:
     else:
         summary = "failed"
     # Notes do not change the state: the documents they are about are applied.
-    notes = [str(w) for w in loaded.warnings if w.path == state.path]
+    notes = [str(w) for w in by_path.warnings.get(state.path, ())]
     return {"state": summary, "errors": errors, "notes": notes, "documents": documents}
 
 
