@@ -6,8 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import json_format
-
+from controlplane.render import message_as_dict
 from controlplane.translate.transport import CLIENT_CERT_SECRET, TRUSTED_CA_SECRET, upstream_tls
 
 XDS_CLUSTER = "xds-grpc"
@@ -59,7 +58,7 @@ def envoy_bootstrap(
     static_resources: dict[str, Any] = {"clusters": [xds_cluster]}
     if tls is not None:
         # The module cluster the control plane sends names the same secrets.
-        xds_cluster["transport_socket"] = json_format.MessageToDict(upstream_tls(bool(tls.cert)))
+        xds_cluster["transport_socket"] = message_as_dict(upstream_tls(bool(tls.cert)))
         static_resources["secrets"] = _secrets(tls)
     return {
         "node": {

@@ -157,6 +157,8 @@ class HttpServer:
         except (ConnectionError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError) as exc:
             # A client that goes away (or never finishes a handshake) is its own business.
             log.debug("%s port: connection ended: %r", self._name, exc)
+        except asyncio.CancelledError:
+            pass  # the server is stopping: this task is ours, and asyncio would log its cancellation
         finally:
             self._connections.pop(connection, None)
             writer.close()

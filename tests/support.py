@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.bootstrap import envoy_bootstrap
+from controlplane.bootstrap import EnvoyTls, envoy_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = REPO / "fixtures" / "plugins"
@@ -237,8 +237,11 @@ def start_envoy(
     namespace: str = "default",
     labels: dict[str, str] | None = None,
     delta: bool = False,
+    tls: EnvoyTls | None = None,
 ) -> EnvoyProcess:
-    bootstrap = envoy_bootstrap(node_id, namespace, labels or {}, "127.0.0.1", xds_port, free_port(), delta=delta)
+    bootstrap = envoy_bootstrap(
+        node_id, namespace, labels or {}, "127.0.0.1", xds_port, free_port(), delta=delta, tls=tls
+    )
     return run_envoy(processes, log_dir, node_id, bootstrap)
 
 

@@ -5,7 +5,7 @@ the module cluster the control plane sends names them, so it never needs to know
 from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 
 TRUSTED_CA_SECRET = "controlplane-trusted-ca"
 """The CA that signed the control plane's certificate."""
@@ -15,7 +15,7 @@ TLS_SOCKET = "envoy.transport_sockets.tls"
 
 
 def upstream_tls(client_certificate: bool) -> base_pb2.TransportSocket:
-    common = common_pb2.CommonTlsContext(
+    common = tls_pb2.CommonTlsContext(
         validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=TRUSTED_CA_SECRET),
     )
     if client_certificate:
