@@ -93,6 +93,18 @@ def proxies_view(connections: Iterable[Connection[Any]]) -> list[dict[str, Any]]
     return views
 
 
+def serving_summary(
+    loaded: LoadedDirectory, modules: Mapping[ModuleKey, ModuleStatus], proxy_classes: Iterable[Any]
+) -> str:
+    """One log line on what is served. Proxy classes are counted, not listed: labels can be long."""
+    states = Counter(_module_state(modules.get(key)) for key in {p.module for p in loaded.config.plugins})
+    return (
+        f"serving {len(loaded.config.plugins)} WasmPlugin(s) and {len(loaded.config.sidecars)} Sidecar(s) from "
+        f"{len(loaded.files)} file(s), {len(loaded.errors)} error(s); modules: {states['ready']} ready, "
+        f"{states['failed']} failed, {states['fetching']} fetching; {len(list(proxy_classes))} proxy class(es)"
+    )
+
+
 class Metrics:
     """The server's Prometheus metrics, in a registry of its own (two servers in one process, as tests
     run them, do not mix). Histograms and counters are observed as things happen; gauges are read from the
@@ -146,7 +158,7 @@ class StateCollector(Collector):
         )
         by_plugin = Counter(_module_state(statuses.get(p.module)) for p in loaded.config.plugins)
         modules = GaugeMetricFamily("controlplane_modules", "Modules, by state.", labels=["state"])
-        by_module = Counter(_module_state(statuses.get(p.module)) for p in _unique_modules(loaded))
+        by_module = Counter(_module_state(statuses.get(key)) for key in {p.module for p in loaded.config.plugins})
         for state in ("ready", "failed", "fetching"):
             plugins.add_metric([state], by_plugin[state])
             modules.add_metric([state], by_module[state])
@@ -169,10 +181,6 @@ class StateCollector(Collector):
         ):
             rejecting.add_metric([type_url], count)
         yield rejecting
-
-
-def _unique_modules(loaded: LoadedDirectory) -> list[Any]:
-    return list({p.module: p for p in loaded.config.plugins}.values())
 
 
 def _module_state(status: ModuleStatus | None) -> str:

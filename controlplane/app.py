@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from controlplane.admin import AdminRoutes, Metrics, StateCollector, built, config_view, proxies_view
+from controlplane.admin import (
+    AdminRoutes,
+    Metrics,
+    StateCollector,
+    built,
+    config_view,
+    proxies_view,
+    serving_summary,
+)
 from controlplane.convergence import Convergence
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpLimits, HttpServer, Request, module_routes
@@ -88,6 +96,7 @@ class ControlPlane:
         self._reload_lock = asyncio.Lock()
         self._serving_record = read_record(self.settings.cache_dir)
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_summary = ""
         self._inline_modules: dict[str, bytes] = {}
         self._standalone_plugins: dict[ProxyClass, dict[str, PluginType]] = {}
         """Per proxy class on the extension-config service alone, every plugin it was sent: one that goes away
@@ -150,6 +159,7 @@ class ControlPlane:
             # them until its config arrives.
             log.warning("modules still being fetched after %.0fs; serving", self.settings.startup_fetch_seconds)
         self.ready.set()
+        self._log_summary()
         for work in (self._reload_loop(), self.modules.run()):
             task = asyncio.create_task(work)
             task.add_done_callback(_report_end)
@@ -198,6 +208,15 @@ class ControlPlane:
         self._report(self.loaded.errors, self.loaded.warnings)
         self.modules.require(module_requests(self.loaded.config))
         self._rebuild()
+        if self.ready.is_set():
+            self._log_summary()
+
+    def _log_summary(self) -> None:
+        """At start, and after a reload that changed what is served."""
+        summary = serving_summary(self.loaded, self.modules.statuses, self.cache.watched_keys())
+        if summary != self._last_summary:
+            log.info("%s", summary)
+            self._last_summary = summary
 
     def _load(self, previous: LoadedDirectory, being_written: frozenset[str]) -> LoadedDirectory:
         """On a worker thread: touches no state of the event loop's."""

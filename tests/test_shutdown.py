@@ -73,7 +73,9 @@ def test_sigterm_stops_within_seconds_quietly_during_a_download_and_a_blocked_re
     )
     control_plane = start_control_plane(processes, config_dir, tmp_path)
     envoys = [
-        start_envoy(processes, tmp_path, control_plane.xds_port, f"httpbin-{i}", labels={"app": "httpbin"}, delta=i == 1)
+        start_envoy(
+            processes, tmp_path, control_plane.xds_port, f"httpbin-{i}", labels={"app": "httpbin"}, delta=i == 1
+        )
         for i in range(2)
     ]
     wait_for(lambda: "who-am-i" in http_get(port).headers, what="the plugin")
