@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.http_server import HttpLimits, HttpServer, Reply, Request, text
+from controlplane.http_server import FileReply, HttpLimits, HttpServer, Reply, Request, text
 from controlplane.source.directory import FileState, LoadedDirectory, Served, load_directory
 from controlplane.source.documents import DocumentKey
 from controlplane.source.status import file_status
@@ -155,6 +156,36 @@ def test_at_the_cap_busy_connections_are_kept_and_the_new_one_refused() -> None:
             await server.stop()
 
     asyncio.run(script())
+
+
+def test_a_client_that_closes_a_module_download_early_is_a_debug_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    module = tmp_path / "big.wasm"
+    module.write_bytes(b"\0asm" + bytes(32 * 1024 * 1024))
+
+    async def handler(request: Request) -> FileReply:
+        return FileReply(module, "application/wasm")
+
+    async def script() -> None:
+        server = HttpServer("module", "127.0.0.1", 0, handler)
+        await server.start()
+        try:
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(b"GET /big.wasm HTTP/1.1\r\n\r\n")
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+                await reader.readexactly(1024)
+                writer.transport.abort()  # a reset, not a polite close
+            while server.connection_count:
+                await asyncio.sleep(0.05)
+        finally:
+            await server.stop()
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(script())
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "module port: connection ended" in caplog.text
 
 
 def _directory_of(template: LoadedDirectory, count: int) -> LoadedDirectory:

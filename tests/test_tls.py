@@ -203,3 +203,8 @@ def test_rotated_certificates_reach_new_connections_and_leave_open_streams(
     assert stats["cluster.xds-grpc.upstream_cx_total"] == connections
     assert stats["control_plane.connected_state"] == 1
     assert "TLS certificate files changed" in secured.control_plane.process.log()
+    # The change was timed from the file event to Envoy's ACK.
+    metrics = secured.control_plane.metrics()
+    assert metrics["controlplane_change_to_ack_seconds_count", ()] >= 1
+    assert metrics["controlplane_xds_push_seconds_count", ()] >= 1
+    assert metrics["controlplane_translation_seconds_count", ()] >= 1
