@@ -4,6 +4,7 @@ the test suite, whose machines are too noisy for timing."""
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
 import tempfile
 import time
@@ -11,16 +12,18 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
+from controlplane.admin import config_view
 from controlplane.model import ModuleReady, ProxyClass, labels_from
 from controlplane.source.directory import load_directory
 from controlplane.translate.resources import TranslateSettings, translate
 from controlplane.xds.connection import Connection, TypeState
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snapshot
 from controlplane.xds.sotw import SotwProtocol
-from tests.support import sidecar_yaml, wasm_plugin_yaml
+from tests.support import replicated_directory, sidecar_yaml, wasm_plugin_yaml
 
 PLUGINS = 500
 STREAMS = 200
+STATUS_FILES = 10_000
 RUNS = 7
 
 
@@ -48,6 +51,12 @@ def write_directory(root: Path) -> None:
                 sha256="a" * 64,
             )
         )
+
+
+def _one_plugin_directory() -> Path:
+    root = Path(tempfile.mkdtemp())
+    (root / "plugin.yaml").write_text(wasm_plugin_yaml("plugin", "https://modules.example/p.wasm", sha256="a" * 64))
+    return root
 
 
 def main() -> None:
@@ -86,6 +95,9 @@ def main() -> None:
         return sent
 
     fan_out_ms = median_ms(fan_out)
+    one_file = load_directory([str(_one_plugin_directory())])
+    many = replicated_directory(one_file, STATUS_FILES)
+    status_ms = median_ms(lambda: json.dumps(config_view(many, {}, {}, 0.0)))
     tracemalloc.start()
     build()
     _, peak = tracemalloc.get_traced_memory()
@@ -98,6 +110,7 @@ def main() -> None:
         f"push a full config to {STREAMS} streams (serialized):   {fan_out_ms:8.1f} ms  "
         f"({fan_out_ms / STREAMS:.2f} ms a stream, {fan_out() / STREAMS / 1024:.0f} KiB each)"
     )
+    print(f"status view (/debug/config) of {STATUS_FILES} files, as JSON: {status_ms:8.1f} ms")
     print(f"peak memory of one translation:                    {peak / 1024 / 1024:8.1f} MiB")
 
 

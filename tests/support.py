@@ -4,6 +4,7 @@ loopback, and the small HTTP helpers the tests use to observe them."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -22,6 +23,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.bootstrap import EnvoyTls, envoy_bootstrap
+from controlplane.source.directory import FileState, LoadedDirectory, Served
+from controlplane.source.documents import DocumentKey
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = REPO / "fixtures" / "plugins"
@@ -337,3 +340,18 @@ class Stack:
 
     def listener_filters(self) -> list[str]:
         return self.envoy.http_filters(f"inbound|{self.port}")
+
+
+def replicated_directory(template: LoadedDirectory, count: int) -> LoadedDirectory:
+    """`count` files, each serving one plugin, made from a real loaded file."""
+    [state] = template.files.values()
+    [(key, served)] = template.served.items()
+    files: dict[str, FileState] = {}
+    by_key: dict[DocumentKey, Served] = {}
+    for i in range(count):
+        path = f"/config/plugin-{i}.yaml"
+        new_key = dataclasses.replace(key, name=f"plugin-{i}")
+        document = dataclasses.replace(state.documents[0], key=new_key)
+        files[path] = dataclasses.replace(state, path=path, documents=(document,))
+        by_key[new_key] = dataclasses.replace(served, path=path)
+    return dataclasses.replace(template, files=files, served=by_key)

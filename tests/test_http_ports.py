@@ -4,7 +4,6 @@ server down; the module port serves modules alone; the status view stays linear 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import socket
 import time
@@ -15,16 +14,15 @@ from pathlib import Path
 import pytest
 
 from controlplane.http_server import FileReply, HttpLimits, HttpServer, Reply, Request, text
-from controlplane.source.directory import FileState, LoadedDirectory, Served, load_directory
-from controlplane.source.documents import DocumentKey
+from controlplane.source.directory import LoadedDirectory, load_directory
 from controlplane.source.status import file_status
 from tests.support import (
     RATELIMIT_WASM,
     ControlPlaneProcess,
     Process,
     http_get,
+    replicated_directory,
     start_control_plane,
-    wait_for,
     wasm_plugin_yaml,
 )
 
@@ -188,21 +186,6 @@ def test_a_client_that_closes_a_module_download_early_is_a_debug_line(
     assert "module port: connection ended" in caplog.text
 
 
-def _directory_of(template: LoadedDirectory, count: int) -> LoadedDirectory:
-    """`count` files, each serving one plugin, made from a real loaded file."""
-    [state] = template.files.values()
-    [(key, served)] = template.served.items()
-    files: dict[str, FileState] = {}
-    by_key: dict[DocumentKey, Served] = {}
-    for i in range(count):
-        path = f"/config/plugin-{i}.yaml"
-        new_key = dataclasses.replace(key, name=f"plugin-{i}")
-        document = dataclasses.replace(state.documents[0], key=new_key)
-        files[path] = dataclasses.replace(state, path=path, documents=(document,))
-        by_key[new_key] = dataclasses.replace(served, path=path)
-    return dataclasses.replace(template, files=files, served=by_key)
-
-
 def _fastest(loaded: LoadedDirectory) -> float:
     times = []
     for _ in range(3):
@@ -217,17 +200,7 @@ def test_the_file_status_view_grows_linearly_with_the_number_of_files(tmp_path: 
     that looks up each file's errors in the whole directory costs 64 times as much)."""
     (tmp_path / "limit.yaml").write_text(wasm_plugin_yaml("limit", f"file://{RATELIMIT_WASM}"))
     template = load_directory([str(tmp_path)])
-    small, large = _directory_of(template, 500), _directory_of(template, 4000)
+    small, large = replicated_directory(template, 500), replicated_directory(template, 4000)
     assert len(file_status(large)) == 4000
     ratio = _fastest(large) / _fastest(small)
     assert ratio < 24, f"8 times the files took {ratio:.1f} times as long"
-
-
-def test_the_status_view_of_ten_thousand_files_answers(tmp_path: Path, processes: list[Process]) -> None:
-    config_dir = tmp_path / "config"
-    config_dir.mkdir()
-    for i in range(10_000):
-        (config_dir / f"plugin-{i}.yaml").write_text(wasm_plugin_yaml(f"plugin-{i}", f"file://{RATELIMIT_WASM}"))
-    control_plane = start_control_plane(processes, config_dir, tmp_path)
-    view = wait_for(lambda: http_get(control_plane.admin_port, "/debug/config", timeout=30), timeout=60)
-    assert len(view.json()["files"]) == 10_000

@@ -105,3 +105,17 @@ def test_version_and_log_flags_after_the_subcommand(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert validate.returncode == 0, validate.stderr
+
+
+def test_certificate_flags_that_cannot_work_are_usage_errors(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "controlplane", *args], capture_output=True, text=True, timeout=30, cwd=REPO
+        )
+
+    missing = run("serve", "--config-dir", str(tmp_path), "--tls-cert", str(tmp_path / "no.pem"), "--tls-key", "k")
+    assert missing.returncode == 2 and "no.pem" in missing.stderr
+    alone = run("serve", "--config-dir", str(tmp_path), "--client-ca", str(tmp_path / "ca.pem"))
+    assert alone.returncode == 2 and "--client-ca needs --tls-cert" in alone.stderr
+    no_ca = run("bootstrap", "--node-id", "n", "--tls-cert", "c.pem", "--tls-key", "k.pem")
+    assert no_ca.returncode == 2 and "--tls-ca" in no_ca.stderr

@@ -91,7 +91,7 @@ class DiscoveryServer(Generic[K]):
                 return
             refusal = self._events.admit(key, context)
             if refusal is not None:
-                log.warning("proxy %r refused: %s", first.node.id, refusal)  # type: ignore[attr-defined]
+                log.warning("proxy %r refused: %s", first.node.id[:200], refusal)  # type: ignore[attr-defined]
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
                 return
             # Nobody is answered before the directory is loaded: a partial config would be worse than none.
