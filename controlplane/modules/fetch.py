@@ -17,10 +17,10 @@ from controlplane.modules.download import (
     call_with_retries,
     deadline,
     read_capped,
-    redact,
     split_userinfo,
     tls_context,
 )
+from controlplane.redaction import redact
 
 
 def is_local(url: str) -> bool:

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential, WasmPlugin
-from controlplane.modules.download import FetchFailed, FetchSettings, redact
+from controlplane.modules.download import FetchFailed, FetchSettings
 from controlplane.modules.fetch import fetch_module, is_local
 from controlplane.modules.index import IndexEntry, ModuleIndex, entry_name, expired
 from controlplane.modules.policy import ModuleRequest
 from controlplane.modules.store import ModuleStore
 from controlplane.modules.verify import ModuleRejected, verify_module
+from controlplane.redaction import redact
 
 log = logging.getLogger(__name__)
 

@@ -275,7 +275,12 @@ def _url_problem(url: str) -> str:
     if "://" in url and not url.startswith(URL_SCHEMES):
         return f"scheme must be one of {', '.join(s[:-3] for s in URL_SCHEMES)}"
     if url.startswith(("http://", "https://")):
-        return "" if urllib.parse.urlsplit(url).hostname else "has no host"
+        parts = urllib.parse.urlsplit(url)
+        try:
+            _ = parts.port
+        except ValueError:  # its message quotes the port, which may be part of a password
+            return "has a port that is not a number (a `/`, `?` or `#` in a login must be escaped: %2F, %3F, %23)"
+        return "" if parts.hostname else "has no host"
     if url.startswith("file://"):
         return "" if url.removeprefix("file://") else "has no path"
     try:
