@@ -21,6 +21,7 @@ from controlplane.modules.download import (
     tls_context,
 )
 from controlplane.redaction import redact
+from controlplane.regular_file import read_regular_file
 
 
 def is_local(url: str) -> bool:
@@ -46,8 +47,7 @@ async def fetch_module(
 
 def _read_file(path: str, max_bytes: int) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            content = handle.read(max_bytes + 1)
+        content = read_regular_file(path, max_bytes)
     except OSError as exc:
         raise FetchFailed(f"cannot read {path}: {exc.strerror}") from None
     if len(content) > max_bytes:
