@@ -239,3 +239,32 @@ def test_serve_reports_a_truncated_file_and_keeps_its_plugin(tmp_path: Path, pro
     wait_for(lambda: control_plane.status()["errors"] == [error], what="the emptied file to be reported")
     assert served(control_plane) == ["a"]
     assert error in control_plane.process.log()
+
+
+def aliased_document(name: str, values: int) -> str:
+    """A document to which aliases add `values` values (and a few hundred written out)."""
+    written = 300
+    return (
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata:\n"
+        f"  shared: &shared [{', '.join(['x'] * written)}]\n"
+        f"  copies: [{', '.join(['*shared'] * (values // written))}]\n"
+    )
+
+
+def test_many_documents_just_under_the_alias_cap_are_refused_as_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text("---\n".join(aliased_document(f"c{i}", 60_000) for i in range(40)))
+    loaded = load_directory([str(tmp_path)])
+    assert [str(e) for e in loaded.errors] == [f"{path}:8: <yaml>: aliases in this file add more than 100000 values"]
+
+
+def test_the_alias_cap_of_a_load_refuses_the_file_that_passes_it_until_the_next_load(tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.yaml").write_text(aliased_document(name, 90_000))
+    first = load_directory([str(tmp_path)])
+    assert [str(e) for e in first.errors] == [
+        f"{tmp_path / 'c.yaml'}:1: <yaml>: aliases in the files of this load add more than 200000 values; "
+        "this file is read again at the next load"
+    ]
+    # a.yaml and b.yaml are unchanged, so not parsed again: c.yaml fits in the next load's budget.
+    assert load_directory([str(tmp_path)], first).errors == ()

@@ -14,7 +14,7 @@ from controlplane.model import Config, PullSecret, Sidecar, WasmPlugin
 from controlplane.regular_file import read_regular_file
 from controlplane.source.documents import Declared, DocumentKey, DocumentResult, read_document
 from controlplane.source.secrets import missing_pull_secrets
-from controlplane.source.yaml_documents import parse_yaml
+from controlplane.source.yaml_documents import AliasBudget, parse_yaml
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def find_yaml_files(roots: list[str]) -> FoundFiles:
     return FoundFiles(sorted(found), unlistable)
 
 
-def read_file(path: str, previous: FileState | None) -> FileState:
+def read_file(path: str, previous: FileState | None, budget: AliasBudget | None = None) -> FileState:
+    """`budget`: what YAML aliases may still add in the load this file is read for."""
     try:
         content = read_regular_file(path, MAX_FILE_BYTES)
     except OSError as exc:
@@ -109,7 +110,9 @@ def read_file(path: str, previous: FileState | None) -> FileState:
         line = content[: exc.start].count(b"\n") + 1
         return FileState(path, digest, (), (ConfigError(path, line, "<file>", "not UTF-8 text"),))
     try:
-        yaml_documents, errors = parse_yaml(path, text)
+        yaml_documents, errors = parse_yaml(path, text, budget)
+        if budget is not None and path in budget.refused:
+            digest = ""  # not remembered: read again at the next load, with a budget of its own
         results = tuple(r for r in (read_document(d) for d in yaml_documents) if r is not None)
     except Exception as exc:  # a bug must cost this file only, never the reload of every other file
         log.exception("%s: failed to read", path)
@@ -138,13 +141,14 @@ def load_directory(
         # A root renamed away or not mounted yet, a folder that cannot be listed: not an empty config. Pushing
         # that would remove their plugins and listeners from every proxy. What they held keeps serving.
         files.update((path, state) for path, state in previous.files.items() if _is_under(path, folder))
+    budget = AliasBudget()
     for path in found.paths:
         if being_written and os.path.realpath(path) in being_written:
             held.add(path)
             if path in previous.files:
                 files[path] = previous.files[path]
             continue
-        files[path] = _emptied(read_file(path, previous.files.get(path)), previous)
+        files[path] = _emptied(read_file(path, previous.files.get(path), budget), previous)
     loaded = assemble(files, previous, preferred)
     folder_errors = tuple(
         ConfigError(folder, 1, "<config-dir>" if folder in roots else "<folder>", problem)

@@ -23,6 +23,22 @@ MAX_DEPTH = 64
 MAX_NODES = 100_000
 """Nodes of one document once aliases are expanded: stops a "billion laughs" document from hanging the loader
 (every later step walks the expanded tree)."""
+MAX_ALIASED_PER_FILE = 100_000
+"""Values that aliases add to the documents of one file, all together: many documents each just under
+MAX_NODES would otherwise cost as much as one without a cap."""
+MAX_ALIASED_PER_LOAD = 200_000
+"""Values that aliases add to all the files parsed in one load: caps the work of a reload however many such
+files there are. Real configs use aliases for a few shared defaults, thousands of values at most."""
+
+
+@dataclass
+class AliasBudget:
+    """What aliases may still add in one load; shared by the files it parses."""
+
+    remaining: int = MAX_ALIASED_PER_LOAD
+    refused: set[str] = field(default_factory=set)
+    """Files refused because the load's budget ran out: their own content may be fine, so they are read
+    again at the next load rather than remembered as broken."""
 
 
 @dataclass(frozen=True)
@@ -150,11 +166,13 @@ def _too_deep(text: str) -> int | None:
     return None
 
 
-def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigError]]:
-    """Every non-empty document of `text`, or no document and the errors that make the file unusable."""
+def parse_yaml(path: str, text: str, budget: AliasBudget | None = None) -> tuple[list[YamlDocument], list[ConfigError]]:
+    """Every non-empty document of `text`, or no document and the errors that make the file unusable.
+    `budget`: what aliases may add in the load this file is part of; charged for what they add here."""
     documents: list[YamlDocument] = []
     errors: list[ConfigError] = []
     loader: _Loader | None = None
+    aliased = 0
     try:
         deep_at = _too_deep(text)
         if deep_at is not None:
@@ -164,7 +182,16 @@ def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigErr
             node = loader.get_node()
             if node is None:
                 continue
-            shape_problem = _shape_problem(node)
+            shape_problem, added = _shape(node)
+            aliased += added
+            if shape_problem is None and aliased > MAX_ALIASED_PER_FILE:
+                shape_problem = f"aliases in this file add more than {MAX_ALIASED_PER_FILE} values"
+            if shape_problem is None and budget is not None and aliased > budget.remaining:
+                budget.refused.add(path)
+                shape_problem = (
+                    f"aliases in the files of this load add more than {MAX_ALIASED_PER_LOAD} values; "
+                    "this file is read again at the next load"
+                )
             if shape_problem is not None:
                 return [], [ConfigError(path, node.start_mark.line + 1, "<yaml>", shape_problem)]
             lines: dict[FieldPath, int] = {}
@@ -192,12 +219,14 @@ def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigErr
     if errors:
         # A duplicate key makes the file mean something other than what its author may think: take none of it.
         return [], errors
+    if budget is not None:
+        budget.remaining -= aliased
     return documents, errors
 
 
-def _shape_problem(root: yaml.Node) -> str | None:
+def _shape(root: yaml.Node) -> tuple[str | None, int]:
     """Why a document's node graph cannot be walked safely (too deep, an alias that contains itself, too
-    large once aliases are expanded), or None."""
+    large once aliases are expanded), or None; and how many values its aliases add to it."""
     sizes: dict[int, int] = {}
     open_nodes: set[int] = set()
 
@@ -225,10 +254,10 @@ def _shape_problem(root: yaml.Node) -> str | None:
         return total
 
     try:
-        size(root, 0)
+        expanded = size(root, 0)
     except _Unsafe as exc:
-        return str(exc)
-    return None
+        return str(exc), 0
+    return None, expanded - len(sizes)
 
 
 class _Unsafe(Exception):
