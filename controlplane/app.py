@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -66,6 +67,7 @@ class ControlPlane:
         self._reload_wanted = asyncio.Event()
         self._reported: set[ConfigError] = set()
         self._reload_lock = asyncio.Lock()
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="config-load")
         self._serving_record = read_record(self.settings.cache_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._inline_modules: dict[str, bytes] = {}
@@ -135,8 +137,11 @@ class ControlPlane:
         async with self._reload_lock:  # each load starts from the one before it
             # Watch where the roots lead now (a symlink swap or a replaced folder moves them) before reading.
             self._watcher.refresh()
-            # Reading and parsing every changed file can take long: in a worker, so that no xDS stream stalls.
-            self.loaded = await asyncio.to_thread(self._load, self.loaded, self._watcher.writes_in_progress())
+            # Reading and parsing every changed file can take long: in a worker, so that no xDS stream stalls;
+            # one of its own, so that no module download can hold it up.
+            self.loaded = await asyncio.get_running_loop().run_in_executor(
+                self._loader, self._load, self.loaded, self._watcher.writes_in_progress()
+            )
         self._report(self.loaded.errors, self.loaded.warnings)
         self.modules.require(module_requests(self.loaded.config))
         self._rebuild()
