@@ -132,6 +132,7 @@ class ControlPlane:
             await self._grpc.stop(grace=1)
         if self._http is not None:
             self._http.stop()
+        self._loader.shutdown(wait=False)
 
     async def reload(self) -> None:
         async with self._reload_lock:  # each load starts from the one before it
