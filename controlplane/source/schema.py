@@ -50,7 +50,9 @@ def _check_message(data: Any, descriptor: Descriptor, at: FieldPath) -> list[Pro
     if not isinstance(data, dict):
         return [(at, f"expected a mapping, got {_describe(data)}")]
     problems: list[Problem] = []
-    fields = {f.json_name: f for f in descriptor.fields} | {f.name: f for f in descriptor.fields}
+    # Field names as Istio's CRDs spell them (camelCase) and no other way: the API server refuses
+    # `plugin_config`, so accepting it here would pass a file that `kubectl apply` rejects.
+    fields = {f.json_name: f for f in descriptor.fields}
     for key, value in data.items():
         path = at + (str(key),)
         field = fields.get(str(key))
