@@ -23,6 +23,7 @@ from controlplane.modules.download import FetchSettings
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
+from controlplane.node import ROUTER_PREFIX, is_gateway
 from controlplane.render import resources_as_dict, to_yaml
 from controlplane.source.directory import load_directory, missing_roots
 from controlplane.source.secrets import DockerConfigError
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     render_cmd.add_argument("dir")
     render_cmd.add_argument("--namespace", default="default")
     render_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
+    render_cmd.add_argument("--gateway", action="store_true", help="a gateway: every listener is CLIENT-side")
     render_cmd.add_argument("--root-namespace", default="istio-system")
     render_cmd.add_argument("--advertise-address", default="127.0.0.1")
     render_cmd.add_argument("--http-port", type=int, default=18001)
@@ -101,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--node-id", required=True)
     bootstrap_cmd.add_argument("--namespace", default="default")
     bootstrap_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
+    bootstrap_cmd.add_argument(
+        "--gateway", action="store_true", help="a gateway: the node id is given Istio's router~ prefix"
+    )
     bootstrap_cmd.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port, help="HOST:PORT")
     bootstrap_cmd.add_argument("--admin-port", type=int, default=9901)
     bootstrap_cmd.add_argument("--delta", action="store_true", help="incremental xDS instead of state of the world")
@@ -262,7 +267,7 @@ def _render(args: argparse.Namespace) -> int:
     settings = TranslateSettings(
         root_namespace=args.root_namespace, module_host=args.advertise_address, module_port=args.http_port
     )
-    proxy = ProxyClass(args.namespace, labels_from(args.labels))
+    proxy = ProxyClass(args.namespace, labels_from(args.labels), gateway=args.gateway or is_gateway("", args.labels))
     modules = asyncio.run(_resolve_modules(module_requests(loaded.config), fetch))
     print(to_yaml(resources_as_dict(translate(loaded.config, proxy, modules, settings))), end="")
     return 1 if loaded.errors else 0
@@ -279,10 +284,11 @@ async def _resolve_modules(requests: list[ModuleRequest], fetch: FetchSettings) 
 
 def _bootstrap(args: argparse.Namespace) -> int:
     host, port = args.xds_address
+    node_id = (
+        ROUTER_PREFIX + args.node_id if args.gateway and not args.node_id.startswith(ROUTER_PREFIX) else args.node_id
+    )
     print(
-        to_yaml(
-            envoy_bootstrap(args.node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)
-        ),
+        to_yaml(envoy_bootstrap(node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)),
         end="",
     )
     return 0
