@@ -561,9 +561,9 @@ ERROR_CASES: dict[str, ErrorCase] = {
     "HOST env with a value": (
         wasm_plugin(
             "url: oci://example.com/a:1\nvmConfig:\n  env:\n  - name: A\n    value: x\n"
-            "  - name: B\n    valueFrom: HOST\n    value: y"
+            "  - name: B\n    valueFrom: HOST\n    value: z"
         ),
-        "value: y",
+        "value: z",
         0,
         "spec.vmConfig.env[1].value",
         "may only be set when valueFrom is INLINE",

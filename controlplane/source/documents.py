@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ from controlplane.model import (
     WorkloadMode,
     labels_from,
 )
+from controlplane.source.go_json import struct_json
 from controlplane.source.schema import Problem, parse_message
 from controlplane.source.secrets import DOCKER_CONFIG_JSON_TYPE, SECRET_API_VERSIONS, read_pull_secret
 from controlplane.source.yaml_documents import FieldPath, YamlDocument, format_field_path
@@ -258,9 +258,8 @@ def _read_wasm_plugin(
         return None, problems
     plugin_config = ""
     if spec.HasField("plugin_config") and spec.plugin_config.fields:
-        # From the YAML value rather than the Struct, which would turn every integer into a float (2.0).
-        raw = data.get("pluginConfig", data.get("plugin_config"))
-        plugin_config = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+        # As Istio writes the Struct: every number a float64 printed by Go's encoding/json (`2.0` is `2`).
+        plugin_config = struct_json(data["pluginConfig"])
     return (
         WasmPlugin(
             namespace=key.namespace,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -131,6 +132,8 @@ def _check_json_value(value: Any, at: FieldPath) -> list[Problem]:
         return [p for index, item in enumerate(value) for p in _check_json_value(item, at + (index,))]
     if isinstance(value, float) and not math.isfinite(value):
         return [(at, "not a finite number")]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+        return [(at, "too large for a JSON number (a float64)")]
     if value is None or isinstance(value, (str, int, float, bool)):
         return []
     return [(at, f"{_describe(value)} cannot be expressed in JSON; quote it")]
