@@ -27,6 +27,7 @@ from controlplane.node import ROUTER_PREFIX, is_gateway
 from controlplane.render import resources_as_dict, to_yaml
 from controlplane.source.directory import load_directory, missing_roots
 from controlplane.source.secrets import DockerConfigError
+from controlplane.translate.attachment import attachment_report, unattachable_plugins
 from controlplane.translate.resources import TranslateSettings, translate
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     validate_cmd = commands.add_parser("validate", help="check config directories; exit 1 when invalid")
     validate_cmd.add_argument("dirs", nargs="+")
     validate_cmd.add_argument("--format", choices=["text", "json"], default="text")
+    validate_cmd.add_argument("--root-namespace", default="istio-system")
     validate_cmd.set_defaults(run=_validate)
 
     diff_cmd = commands.add_parser("diff", help="per proxy class, the plugins and filter orders that change")
@@ -221,7 +223,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"controlplane: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return 2
     loaded = load_directory(args.dirs)
-    for warning in loaded.warnings:  # worth a look, not a reason to fail a commit
+    warnings = sorted(set(loaded.warnings) | set(unattachable_plugins(loaded.config, args.root_namespace)))
+    for warning in warnings:  # worth a look, not a reason to fail a commit
         print(f"warning: {warning}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps([dataclasses.asdict(e) for e in loaded.errors], indent=2))
@@ -269,7 +272,9 @@ def _render(args: argparse.Namespace) -> int:
     )
     proxy = ProxyClass(args.namespace, labels_from(args.labels), gateway=args.gateway or is_gateway("", args.labels))
     modules = asyncio.run(_resolve_modules(module_requests(loaded.config), fetch))
-    print(to_yaml(resources_as_dict(translate(loaded.config, proxy, modules, settings))), end="")
+    rendered = resources_as_dict(translate(loaded.config, proxy, modules, settings))
+    rendered["attachment"] = attachment_report(loaded.config, [proxy], args.root_namespace)
+    print(to_yaml(rendered), end="")
     return 1 if loaded.errors else 0
 
 

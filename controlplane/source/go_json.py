@@ -23,7 +23,7 @@ def struct_json(value: Any) -> str:
     if value is False:
         return "false"
     if isinstance(value, int | float):
-        return go_float(float(value))
+        return go_float(value)
     if isinstance(value, str):
         return go_string(value)
     if isinstance(value, list):
@@ -34,9 +34,11 @@ def struct_json(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
-def go_float(number: float) -> str:
+def go_float(value: float) -> str:
     """Go's encoding/json float64 text: the shortest digits that read back as the same float64, in
-    plain notation for 1e-6 <= |x| < 1e21 and in exponent notation (`1e+21`, `1e-7`) outside it."""
+    plain notation for 1e-6 <= |x| < 1e21 and in exponent notation (`1e+21`, `1e-7`) outside it. An
+    integer is first rounded to a float64, as the Struct holds it."""
+    number = float(value)
     if not math.isfinite(number):
         raise ValueError(f"{number} cannot be written in JSON")
     if number == 0:

@@ -293,9 +293,12 @@ def _discovery(type_urls: tuple[str, ...]) -> config_source_pb2.ExtensionConfigS
 def _extension_config(
     plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, inline_modules: Mapping[str, bytes]
 ) -> extension_pb2.TypedExtensionConfig | None:
-    """None while the module is still being fetched: the listener then waits for this config."""
+    """None while the module is still being fetched, so that the listener waits for this config; except for
+    a FAIL_OPEN plugin, which lets requests through meanwhile (its stand-in) rather than hold the listener."""
     if status is None:
-        return None
+        if plugin.fail_strategy != FailStrategy.FAIL_OPEN:
+            return None
+        status = ModuleFailed("still being fetched")
     config = extension_pb2.TypedExtensionConfig(name=ecds_name(plugin))
     if isinstance(status, ModuleReady):
         plugin_config = _plugin_config(plugin, status, settings, inline_modules.get(status.sha256))
