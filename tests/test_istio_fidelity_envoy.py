@@ -5,6 +5,7 @@ reproduces."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +255,35 @@ def test_equal_priorities_run_the_proxy_namespace_before_the_root_namespace(
         f"extensions.istio.io/wasmplugin/{'istio-system' if name.endswith('root') else 'prod'}.{name}"
         for name in expected
     ]
+
+
+def test_a_fail_open_plugin_whose_module_is_on_its_way_holds_neither_start_up_nor_requests(
+    tmp_path: Path, processes: list[Process], httpbin_port: int
+) -> None:
+    # Istio's agent serves FAIL_OPEN plugins' allow-all stand-in rather than hold the listener
+    # (pkg/wasm/cache.go); here the control plane does, at once, without waiting for the fetch.
+    inbound = free_port()
+    with socket.socket() as silent:  # accepts connections and never answers: the fetch stays under way
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/plugin.wasm"
+        config_dir = tmp_path / "config"
+        config_dir.mkdir()
+        (config_dir / "config.yaml").write_text(
+            yaml.safe_dump_all(
+                [
+                    sidecar("default", inbound, httpbin_port),
+                    document("WasmPlugin", "slow", "default", {"url": url, "failStrategy": "FAIL_OPEN"}),
+                ]
+            )
+        )
+        # /ready answers while the module is still being fetched (start-up waits up to 30 s otherwise).
+        control_plane = start_control_plane(processes, config_dir, tmp_path)
+        [module] = control_plane.status()["modules"]
+        assert module["state"] == "fetching", module
+        envoy = start_envoy(processes, tmp_path, control_plane.xds_port, "proxy-1")
+        response = wait_for(lambda: http_get(inbound, "/status/200"), what="the listener to serve")
+        assert response.status == 200
+        assert envoy.http_filters(f"inbound|{inbound}") == ["extensions.istio.io/wasmplugin/default.slow", ROUTER]
+        rbac = envoy.extension_configs()["extensions.istio.io/wasmplugin/default.slow"]
+        assert rbac["@type"].endswith("RBAC") and rbac.get("rules_stat_prefix") == "wasm-default-allow"
