@@ -287,3 +287,7 @@ def test_a_fail_open_plugin_whose_module_is_on_its_way_holds_neither_start_up_no
         assert envoy.http_filters(f"inbound|{inbound}") == ["extensions.istio.io/wasmplugin/default.slow", ROUTER]
         rbac = envoy.extension_configs()["extensions.istio.io/wasmplugin/default.slow"]
         assert rbac["@type"].endswith("RBAC") and rbac.get("rules_stat_prefix") == "wasm-default-allow"
+        # /debug/config says where each plugin runs on the connected proxies.
+        [attachment] = control_plane.status()["attachment"]
+        assert attachment["plugin"] == "default/slow"
+        assert attachment["attached"] == [{"proxy": "default/{}", "listener": f"inbound|{inbound}"}]
