@@ -212,7 +212,7 @@ class ServiceEntry:
 
     def visible_from(self, namespace: str) -> bool:
         if not self.export_to or "*" in self.export_to:
-            return True
+            return True  # `~` (exported nowhere) falls through: it names no namespace
         return namespace in self.export_to or ("." in self.export_to and namespace == self.namespace)
 
 

@@ -295,6 +295,11 @@ def test_export_to_limits_which_namespaces_get_a_service(tmp_path: Path) -> None
             "spec.endpoints[0].ports.web",
             "endpoint port 'web' is not defined by the service entry",
         ),
+        (
+            "hosts: [a.example.com]\nports: [{number: 80, name: http}]\nresolution: DNS\nexportTo: ['~', apps]",
+            "spec.exportTo",
+            "~ (no namespace) cannot be combined with others",
+        ),
     ],
 )
 def test_invalid_service_entries_are_refused(tmp_path: Path, spec: str, field: str, reason: str) -> None:

@@ -527,6 +527,12 @@ def _read_service_entry(data: Any, key: DocumentKey, source: SourceRef) -> tuple
         endpoints.append(ServiceEndpoint(address, tuple(sorted(endpoint.ports.items()))))
     if spec.HasField("workload_selector"):
         problems.append((at + ("workloadSelector",), "not supported: name the endpoints"))
+    for index, target in enumerate(spec.export_to):
+        # Istio's validateExportTo: `.`, `*`, `~` (alone) or a namespace.
+        if target not in (".", "*", "~") and not _DNS_LABEL.match(target):
+            problems.append((at + ("exportTo", index), f"{target!r} is not ., *, ~ or a namespace"))
+    if "~" in spec.export_to and len(spec.export_to) > 1:
+        problems.append((at + ("exportTo",), "~ (no namespace) cannot be combined with others"))
     if problems or resolution is None:
         return None, problems
     return (
