@@ -640,6 +640,8 @@ def test_render_prints_the_attachment_of_the_proxy(tmp_path: Path) -> None:
 def test_a_fail_open_plugin_lets_requests_through_while_its_module_is_fetched(
     tmp_path: Path, strategy: str, stand_in: bool
 ) -> None:
+    # The stand-in is Istio's (pkg/wasm/convert.go createHTTPDefaultFilter: RBAC without rules,
+    # wasm-default-allow); FAIL_CLOSE plugins keep the listener warming until their module is there.
     loaded = load(tmp_path, sidecar(INGRESS_8080), plugin("p", f"failStrategy: {strategy}"))
     (value,) = loaded.config.plugins
     assert value.fail_strategy is FailStrategy[strategy]

@@ -260,8 +260,9 @@ def test_equal_priorities_run_the_proxy_namespace_before_the_root_namespace(
 def test_a_fail_open_plugin_whose_module_is_on_its_way_holds_neither_start_up_nor_requests(
     tmp_path: Path, processes: list[Process], httpbin_port: int
 ) -> None:
-    # Istio's agent serves FAIL_OPEN plugins' allow-all stand-in rather than hold the listener
-    # (pkg/wasm/cache.go); here the control plane does, at once, without waiting for the fetch.
+    # Istio's agent puts the allow-all RBAC stand-in (wasm-default-allow) in place of a FAIL_OPEN plugin whose
+    # module cannot be had (pkg/wasm/convert.go MaybeConvertWasmExtensionConfig), after its fetch gives up;
+    # here it serves at once, without waiting for the fetch, and holds neither start-up nor the listener.
     inbound = free_port()
     with socket.socket() as silent:  # accepts connections and never answers: the fetch stays under way
         silent.bind(("127.0.0.1", 0))
