@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.support import (
@@ -86,12 +87,15 @@ def start(
     node_id: str = "proxy-1",
     namespace: str = "default",
     labels: dict[str, str] | None = None,
+    delta: bool = False,
 ) -> EnvoyProcess:
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "config.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
     control_plane = start_control_plane(processes, config_dir, tmp_path)
-    return start_envoy(processes, tmp_path, control_plane.xds_port, node_id, namespace=namespace, labels=labels)
+    return start_envoy(
+        processes, tmp_path, control_plane.xds_port, node_id, namespace=namespace, labels=labels, delta=delta
+    )
 
 
 def order(port: int, host: str | None = None) -> tuple[str, str]:
@@ -101,8 +105,9 @@ def order(port: int, host: str | None = None) -> tuple[str, str]:
     return response.json()["headers"].get("X-Plugin-Order", ""), response.headers.get("x-plugin-order", "")
 
 
+@pytest.mark.parametrize("protocol", ["sotw", "delta"])
 def test_client_plugins_run_on_the_egress_listener_and_server_plugins_on_the_inbound_one(
-    tmp_path: Path, processes: list[Process], httpbin_port: int
+    tmp_path: Path, processes: list[Process], httpbin_port: int, protocol: str
 ) -> None:
     # pilot/pkg/model/extensions.go, workloadModeForListenerClass and matchMode: sidecar outbound listeners
     # are CLIENT, inbound ones SERVER; UNDEFINED/CLIENT_AND_SERVER take both.
@@ -118,6 +123,7 @@ def test_client_plugins_run_on_the_egress_listener_and_server_plugins_on_the_inb
             marker("server", priority=10, match=[{"mode": "SERVER"}]),
             marker("client-other-port", priority=5, match=[{"mode": "CLIENT", "ports": [{"number": inbound}]}]),
         ],
+        delta=protocol == "delta",
     )
     egress_listener = f"127.0.0.1_{egress}"
     wait_for(lambda: envoy.http_filters(egress_listener), what="the egress listener")
