@@ -16,7 +16,7 @@ import grpc
 from controlplane.admin import config_view, metrics_text, proxies_view
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpServer
-from controlplane.model import ModuleReady, ModuleStatus, PluginType, ProxyClass
+from controlplane.model import FailStrategy, ModuleKey, ModuleReady, ModuleStatus, PluginType, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings
@@ -26,6 +26,7 @@ from controlplane.source.directory import LoadedDirectory, load_directory
 from controlplane.source.serving_record import read_record, record_of, write_record
 from controlplane.source.settle import SettleSettings, git_busy, settle
 from controlplane.source.watcher import WRITE_GRACE_SECONDS, DirectoryWatcher
+from controlplane.translate.attachment import attachment_report
 from controlplane.translate.resources import TranslateSettings, ecds_name, host_for_url, translate
 from controlplane.translate.selection import select_plugins
 from controlplane.xds.cache import SnapshotCache
@@ -92,7 +93,13 @@ class ControlPlane:
             self.ready.is_set,
             {
                 "/debug/config": lambda: config_view(
-                    self.loaded, self.modules.statuses, self.modules.retry_times(), time.time()
+                    self.loaded,
+                    self.modules.statuses,
+                    self.modules.retry_times(),
+                    time.time(),
+                    attachment_report(
+                        self.loaded.config, self.cache.watched_keys(), self.settings.translate.root_namespace
+                    ),
                 ),
                 "/debug/proxies": lambda: proxies_view(self.xds.connections.values()),
                 "/metrics": lambda: metrics_text(self.ready.is_set(), self.loaded, self.modules.statuses, self.xds),
@@ -106,7 +113,7 @@ class ControlPlane:
         # Proxies get nothing until the directory is loaded and its modules settled, so that none is
         # ever sent a partial config.
         try:
-            await asyncio.wait_for(self.modules.available(), self.settings.startup_fetch_seconds)
+            await asyncio.wait_for(self.modules.available(self._holds_start), self.settings.startup_fetch_seconds)
         except TimeoutError:
             # Past this, a module still on its way only holds back the listeners that use it: Envoy warms
             # them until its config arrives.
@@ -123,6 +130,11 @@ class ControlPlane:
             self.settings.host,
             self.http_port,
         )
+
+    def _holds_start(self, module: ModuleKey) -> bool:
+        """A module only FAIL_OPEN plugins use holds nothing up: they serve their allow-all stand-in until
+        it arrives."""
+        return any(p.module == module and p.fail_strategy != FailStrategy.FAIL_OPEN for p in self.loaded.config.plugins)
 
     async def stop(self) -> None:
         self._watcher.stop()

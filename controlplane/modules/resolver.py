@@ -111,10 +111,10 @@ class ModuleResolver:
         while self._fetching:
             await asyncio.gather(*self._fetching.values(), return_exceptions=True)
 
-    async def available(self) -> None:
-        """Waits until every module being fetched has a status: one served from the cache while it is
-        pulled again holds nothing up."""
-        while pending := [task for key, task in self._fetching.items() if key not in self._statuses]:
+    async def available(self, wanted: Callable[[ModuleKey], bool] = lambda key: True) -> None:
+        """Waits until every `wanted` module being fetched has a status: one served from the cache while it
+        is pulled again holds nothing up."""
+        while pending := [task for key, task in self._fetching.items() if key not in self._statuses and wanted(key)]:
             await asyncio.wait(pending, timeout=self._settings.tick_seconds)
 
     async def run(self) -> None:

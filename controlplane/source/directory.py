@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from controlplane.errors import ConfigError
-from controlplane.model import Config, PullSecret, Sidecar, WasmPlugin
+from controlplane.model import Config, PullSecret, ServiceEntry, Sidecar, WasmPlugin
 from controlplane.regular_file import read_regular_file
 from controlplane.source.documents import Declared, DocumentKey, DocumentResult, read_document
 from controlplane.source.secrets import missing_pull_secrets
@@ -233,6 +233,7 @@ def assemble(
         plugins=tuple(v for v in values if isinstance(v, WasmPlugin)),
         sidecars=tuple(v for v in values if isinstance(v, Sidecar)),
         secrets=tuple(v for v in values if isinstance(v, PullSecret)),
+        service_entries=tuple(v for v in values if isinstance(v, ServiceEntry)),
     )
     warnings.extend(missing_pull_secrets(config))
     return LoadedDirectory(

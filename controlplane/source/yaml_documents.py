@@ -9,11 +9,14 @@ import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from controlplane.errors import ConfigError
+from controlplane.source import go_yaml_scalars
+
+T = TypeVar("T")
 
 FieldPath = tuple[str | int, ...]
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_./-]+$")
@@ -80,9 +83,29 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
     means the same here: a timestamp stays the text it was written as and every mapping key becomes a
     string. Duplicate keys, which PyYAML silently lets the last one win, are reported by `_record_lines`."""
 
+    def resolve(self, kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode and implicit[0]:
+            return go_yaml_scalars.resolve_plain(value)[0]
+        return str(super().resolve(kind, value, implicit))
+
     # go-yaml v2 keeps timestamps as strings when decoding into interface{}, for backward compatibility.
     def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> str:
         return str(node.value)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        return self._scalar(node, go_yaml_scalars.construct_int)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        return self._scalar(node, go_yaml_scalars.construct_float)
+
+    def construct_yaml_bool(self, node: yaml.ScalarNode) -> bool:
+        return self._scalar(node, go_yaml_scalars.construct_bool)
+
+    def _scalar(self, node: yaml.ScalarNode, construct: Callable[[str], T]) -> T:
+        try:
+            return construct(str(self.construct_scalar(node)))
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(None, None, str(exc), node.start_mark) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:
         self.flatten_mapping(node)  # merged keys first, so that the mapping's own keys win, as in PyYAML
@@ -93,6 +116,9 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
 
 
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+_Loader.add_constructor("tag:yaml.org,2002:bool", _Loader.construct_yaml_bool)
 
 
 def _json_key(key: Any, node: yaml.Node) -> str:
