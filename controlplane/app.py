@@ -4,12 +4,13 @@ snapshots → ADS, with the watcher and the HTTP port at the edges."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -26,7 +27,7 @@ from controlplane.convergence import Convergence
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpLimits, HttpServer, Request, module_routes
 from controlplane.identity import auth_context_uris, certificate_namespace, may_fetch_module, namespace_refusal
-from controlplane.model import ModuleReady, ModuleStatus, PluginType, ProxyClass
+from controlplane.model import FailStrategy, ModuleKey, ModuleReady, ModuleStatus, PluginType, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings
@@ -37,6 +38,7 @@ from controlplane.source.serving_record import read_record, record_of, write_rec
 from controlplane.source.settle import SettleSettings, git_busy, settle
 from controlplane.source.watcher import WRITE_GRACE_SECONDS, DirectoryWatcher
 from controlplane.tls import ServerTls, TlsFiles
+from controlplane.translate.attachment import attachment_report
 from controlplane.translate.resources import TranslateSettings, ecds_name, host_for_url, translate
 from controlplane.translate.selection import select_plugins
 from controlplane.xds.cache import SnapshotCache
@@ -94,6 +96,7 @@ class ControlPlane:
         self._reload_wanted = asyncio.Event()
         self._reported: set[ConfigError] = set()
         self._reload_lock = asyncio.Lock()
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="config-load")
         self._serving_record = read_record(self.settings.cache_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._last_summary = ""
@@ -134,10 +137,7 @@ class ControlPlane:
             self.ready.is_set,
             self.metrics,
             {
-                # Taken on the loop (the dicts are copies), built off it.
-                "/debug/config": lambda: functools.partial(
-                    config_view, self.loaded, self.modules.statuses, self.modules.retry_times(), time.time()
-                ),
+                "/debug/config": self._config_view,
                 "/debug/proxies": lambda: built(proxies_view(self.xds.connections.values())),
             },
         )
@@ -153,7 +153,7 @@ class ControlPlane:
         # Proxies get nothing until the directory is loaded and its modules settled, so that none is
         # ever sent a partial config.
         try:
-            await asyncio.wait_for(self.modules.available(), self.settings.startup_fetch_seconds)
+            await asyncio.wait_for(self.modules.available(self._holds_start), self.settings.startup_fetch_seconds)
         except TimeoutError:
             # Past this, a module still on its way only holds back the listeners that use it: Envoy warms
             # them until its config arrives.
@@ -175,6 +175,11 @@ class ControlPlane:
             self.admin_port,
         )
 
+    def _holds_start(self, module: ModuleKey) -> bool:
+        """A module only FAIL_OPEN plugins use holds nothing up: they serve their allow-all stand-in until
+        it arrives."""
+        return any(p.module == module and p.fail_strategy != FailStrategy.FAIL_OPEN for p in self.loaded.config.plugins)
+
     async def stop(self) -> None:
         """Stops accepting, then closes the streams: each Envoy keeps its config and reconnects at once (to
         another replica where there is one)."""
@@ -189,6 +194,15 @@ class ControlPlane:
                 await http.stop()
         if self._admin_routes is not None:
             self._admin_routes.close()
+        self._loader.shutdown(wait=False)
+
+    def _config_view(self) -> Callable[[], Any]:
+        """Takes what the view needs on the loop (the dicts are copies); the view is built off it."""
+        loaded, statuses, retry_times = self.loaded, self.modules.statuses, self.modules.retry_times()
+        now, keys, root_namespace = time.time(), self.cache.watched_keys(), self.settings.translate.root_namespace
+        return lambda: config_view(
+            loaded, statuses, retry_times, now, attachment_report(loaded.config, keys, root_namespace)
+        )
 
     def _may_fetch(self, sha256: str, request: Request) -> bool:
         if self._tls is None or not self._tls.mutual:
@@ -202,9 +216,12 @@ class ControlPlane:
         async with self._reload_lock:  # each load starts from the one before it
             # Watch where the roots lead now (a symlink swap or a replaced folder moves them) before reading.
             self._watcher.refresh()
-            # Reading and parsing every changed file can take long: in a worker, so that no xDS stream stalls.
+            # Reading and parsing every changed file can take long: in a worker, so that no xDS stream stalls;
+            # one of its own, so that no module download can hold it up.
             with self.metrics.reload_seconds.time():
-                self.loaded = await asyncio.to_thread(self._load, self.loaded, self._watcher.writes_in_progress())
+                self.loaded = await asyncio.get_running_loop().run_in_executor(
+                    self._loader, self._load, self.loaded, self._watcher.writes_in_progress()
+                )
         self._report(self.loaded.errors, self.loaded.warnings)
         self.modules.require(module_requests(self.loaded.config))
         self._rebuild()

@@ -4,7 +4,6 @@ keep their config and reconnect."""
 from __future__ import annotations
 
 import http.server
-import os
 import signal
 import socketserver
 import subprocess
@@ -61,7 +60,7 @@ def trickle() -> Iterator[int]:
     server.server_close()
 
 
-def test_sigterm_stops_within_seconds_quietly_during_a_download_and_a_blocked_read(
+def test_sigterm_stops_within_seconds_quietly_during_an_endless_download(
     tmp_path: Path, httpbin_port: int, processes: list[Process], trickle: int
 ) -> None:
     config_dir = tmp_path / "config"
@@ -83,12 +82,9 @@ def test_sigterm_stops_within_seconds_quietly_during_a_download_and_a_blocked_re
     (config_dir / "slow.yaml").write_text(
         wasm_plugin_yaml("slow", f"http://127.0.0.1:{trickle}/plugin.wasm", selector={"app": "other"})
     )
-    fifo = tmp_path / "module.wasm"
-    os.mkfifo(fifo)  # nobody ever writes: reading it blocks for ever
-    (config_dir / "fifo.yaml").write_text(wasm_plugin_yaml("fifo", f"file://{fifo}", selector={"app": "other"}))
     wait_for(
-        lambda: [m["state"] for m in control_plane.status()["modules"]].count("fetching") == 2,
-        what="a download and a read under way",
+        lambda: [m["state"] for m in control_plane.status()["modules"]].count("fetching") == 1,
+        what="a download under way",
     )
     time.sleep(1)
 
