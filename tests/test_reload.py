@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import controlplane.app
+import controlplane.source.follower
 from controlplane.app import ControlPlane, ServeSettings
 from controlplane.source.directory import LoadedDirectory
 from tests.support import ORDER_MARKER_WASM, Process, free_port, start_control_plane, wait_for, wasm_plugin_yaml
@@ -84,14 +84,14 @@ def test_the_directory_is_read_off_the_event_loop(tmp_path: Path, monkeypatch: p
     in the middle of reading, and lets it finish."""
     (tmp_path / "a.yaml").write_text(plugin("a", 1))
     entered, release = threading.Event(), threading.Event()
-    real_load = controlplane.app.load_directory
+    real_load = controlplane.source.follower.load_directory
 
     def held_load(*args: Any) -> LoadedDirectory:
         entered.set()
         release.wait(timeout=10)  # on the loop's thread, nothing could release it: the test then fails below
         return real_load(*args)
 
-    monkeypatch.setattr(controlplane.app, "load_directory", held_load)
+    monkeypatch.setattr(controlplane.source.follower, "load_directory", held_load)
 
     async def scenario() -> bool:
         plane = ControlPlane(ServeSettings(config_dirs=(str(tmp_path),), cache_dir=str(tmp_path / "cache")))
