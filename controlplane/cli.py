@@ -17,6 +17,7 @@ from controlplane.app import ServeSettings, serve
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
+from controlplane.docker_config import DockerConfigError
 from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
 from controlplane.modules.download import FetchSettings
@@ -25,7 +26,6 @@ from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.render import resources_as_dict, to_yaml
 from controlplane.source.directory import load_directory, missing_roots
-from controlplane.source.secrets import DockerConfigError
 from controlplane.translate.resources import TranslateSettings, translate
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
