@@ -77,9 +77,7 @@ class ControlPlane:
         self.xds.register(self._grpc)
         self.xds_port = self._grpc.add_insecure_port(f"{host_for_url(self.settings.host)}:{self.settings.xds_port}")
         views = {
-            "/debug/config": lambda: config_view(
-                self.loaded, self.modules.statuses, self.modules.retry_times(), time.time()
-            ),
+            "/debug/config": lambda: config_view(self.loaded, self.modules.records(), time.time(), time.monotonic()),
             "/debug/proxies": lambda: proxies_view(self.xds.connections.values()),
             "/metrics": lambda: metrics_text(self.ready.is_set(), self.loaded, self.modules.statuses, self.xds),
         }

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controlplane.admin import module_views
 from controlplane.app import ControlPlane, ServeSettings
 from controlplane.image_reference import ImageReference, InvalidReference, parse_reference
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
@@ -29,7 +30,7 @@ from controlplane.modules.credentials import load_docker_config
 from controlplane.modules.download import FetchSettings
 from controlplane.modules.index import IndexEntry, ModuleIndex, expired
 from controlplane.modules.policy import ModuleRequest, module_requests
-from controlplane.modules.resolver import ModuleResolver, ResolverSettings, module_views, resolve_module
+from controlplane.modules.resolver import ModuleResolver, ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.source.directory import load_directory
 from tests.registry import FORMATS, LocalCa, Registry, TokenIssuer, docker_config_json, start_registry, token_server
@@ -370,7 +371,7 @@ def test_after_a_restart_without_registry_every_cached_module_serves_and_always_
     # `Always` (here Istio's default for `:latest`) serves the cached copy, as a running server keeps the
     # module that was serving when a re-pull fails, and the pull is retried in the background.
     [latest_key] = [key for key in after if key.url.endswith(":latest")]
-    assert latest_key in restarted.retry_times()
+    assert restarted.records()[latest_key].retry_at is not None
     assert "cached copy: pulling it again" in caplog.text and "still serving" in caplog.text
 
 
@@ -444,7 +445,7 @@ def test_a_failed_module_shows_when_it_is_tried_again(tmp_path: Path) -> None:
         )
         await settle(resolver, requests)
         now = time.time()
-        return module_views(plugins, resolver.statuses, resolver.retry_times(), now), now
+        return module_views(plugins, resolver.records(), now, time.monotonic()), now
 
     [view], now = asyncio.run(scenario())
     assert view["state"] == "failed"
@@ -453,7 +454,7 @@ def test_a_failed_module_shows_when_it_is_tried_again(tmp_path: Path) -> None:
     assert isinstance(in_seconds, float) and 30 <= in_seconds <= 60 * 1.25
     at = datetime.datetime.fromisoformat(str(view["next_retry_at"])).timestamp()
     assert abs(at - (now + in_seconds)) < 5
-    assert "next_retry_at" not in module_views(plugins, {})[0], "nothing to say without the retry times"
+    assert module_views(plugins, {}, now, 0.0)[0]["state"] == "fetching", "nothing known of it yet"
 
 
 def test_the_index_survives_a_restart_and_a_corrupt_one_is_ignored(tmp_path: Path) -> None:
