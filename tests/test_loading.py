@@ -785,6 +785,7 @@ def test_a_file_that_gains_a_duplicate_key_keeps_its_last_good_value(tmp_path: P
 # --- controlplane validate --------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_validate_accepts_a_valid_directory(tmp_path: Path) -> None:
     write(tmp_path, "plugin.yaml", wasm_plugin("url: oci://example.com/a:1"))
     write(tmp_path, "sidecars/web.yml", sidecar("ingress:\n- port: {number: 80}\n  defaultEndpoint: 127.0.0.1:8080"))
@@ -793,6 +794,7 @@ def test_validate_accepts_a_valid_directory(tmp_path: Path) -> None:
     assert result.stdout.strip() == "ok: 1 WasmPlugin(s), 1 Sidecar(s) in 2 file(s)"
 
 
+@pytest.mark.integration
 def test_validate_reports_every_error_and_exits_1(tmp_path: Path) -> None:
     bad_enum = wasm_plugin("url: oci://example.com/a:1\nfailStrategy: FAIL_SOMETIMES", name="a")
     no_url = wasm_plugin("pluginName: b", name="b")
@@ -810,6 +812,7 @@ def test_validate_reports_every_error_and_exits_1(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.integration
 def test_validate_exits_2_for_a_missing_directory(tmp_path: Path) -> None:
     result = validate(str(tmp_path / "absent"))
     assert result.returncode == 2
@@ -935,6 +938,7 @@ def test_keys_kubernetes_cannot_read_are_errors(tmp_path: Path, key: str, reason
 # --- target references this control plane cannot act on -------------------------------------------------
 
 
+@pytest.mark.integration
 def test_target_refs_to_other_kinds_are_valid_with_a_warning(tmp_path: Path) -> None:
     text = wasm_plugin(
         """

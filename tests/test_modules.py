@@ -121,6 +121,7 @@ def test_a_file_that_is_not_wasm_never_reaches_envoy(stack: Stack, module_server
     assert "not a WebAssembly module" in stack.control_plane.module(url)["reason"]
 
 
+@pytest.mark.integration
 def test_render_prints_the_resources_with_typed_configs_decoded(tmp_path: Path) -> None:
     config_dir = Path(__file__).resolve().parents[1] / "fixtures" / "config"
     result = subprocess.run(

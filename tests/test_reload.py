@@ -29,6 +29,7 @@ def serving_source(status: dict[str, Any], name: str) -> str:
     return next(s["source"] for s in status["serving"] if s["name"] == name)
 
 
+@pytest.mark.integration
 def test_serve_exits_2_for_a_config_dir_that_does_not_exist(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "controlplane", "serve", "--config-dir", str(tmp_path / "typo")]

@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import ORDER_MARKER_WASM, sidecar_yaml, wasm_plugin_yaml
 
+pytestmark = pytest.mark.integration  # every test runs the command as a process
 PREFIX = "extensions.istio.io/wasmplugin/"
 
 
