@@ -19,8 +19,13 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import extension_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.bootstrap import envoy_bootstrap
+from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = REPO / "fixtures" / "plugins"
@@ -319,3 +324,21 @@ class Stack:
 
     def listener_filters(self) -> list[str]:
         return self.envoy.http_filters(f"inbound|{self.port}")
+
+
+_MESSAGES = {
+    CLUSTER: cluster_pb2.Cluster,
+    LISTENER: listener_pb2.Listener,
+    EXTENSION_CONFIG: extension_pb2.TypedExtensionConfig,
+}
+
+
+def resource_names(response: Any) -> list[str]:
+    """The names of the resources an xDS response (state of the world or delta) carries, in its order."""
+    names = []
+    for item in response.resources:
+        resource = item.resource if isinstance(response, discovery_pb2.DeltaDiscoveryResponse) else item
+        message = _MESSAGES[response.type_url]()
+        assert resource.Unpack(message)
+        names.append(message.name)
+    return names

@@ -20,6 +20,7 @@ from controlplane.xds.connection import Connection, TypeState
 from controlplane.xds.delta import DeltaProtocol
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snapshot
 from controlplane.xds.sotw import SotwProtocol
+from tests.support import resource_names as names
 
 PLUGIN = "extensions.istio.io/wasmplugin/default."
 
@@ -84,22 +85,6 @@ class FakeStream:
 def _decoded(response: Any) -> Any:
     """As the proxy reads it: a protocol may hand over the response encoded for the wire."""
     return response.message() if hasattr(response, "message") else response
-
-
-def names(response: Any) -> list[str]:
-    """The names of the resources a response carries."""
-    kinds = {
-        CLUSTER: cluster_pb2.Cluster,
-        LISTENER: listener_pb2.Listener,
-        EXTENSION_CONFIG: extension_pb2.TypedExtensionConfig,
-    }
-    found = []
-    for item in response.resources:
-        body = item.resource if isinstance(response, discovery_pb2.DeltaDiscoveryResponse) else item
-        message = kinds[response.type_url]()
-        assert body.Unpack(message)
-        found.append(message.name)
-    return sorted(found)
 
 
 def kinds(responses: list[Any]) -> list[str]:
