@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from controlplane.addresses import host_for_url
 from controlplane.admin import config_view, metrics_text, proxies_view
 from controlplane.http_server import HttpServer
 from controlplane.model import ProxyClass
@@ -24,7 +25,7 @@ from controlplane.snapshots.builder import SnapshotBuilder
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.follower import DirectoryFollower
 from controlplane.source.settle import SettleSettings
-from controlplane.translate.resources import TranslateSettings, host_for_url
+from controlplane.translate.resources import TranslateSettings
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import DiscoveryServer
 

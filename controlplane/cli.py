@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from controlplane.addresses import InvalidAddress, parse_host_port
 from controlplane.app import ServeSettings, serve
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.demo import run_demo
@@ -160,15 +161,20 @@ def _labels(text: str) -> dict[str, str]:
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(text)
+    except InvalidAddress:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     cache_dir = os.path.abspath(args.cache_dir)
-    advertised = _advertised(args.advertise_address or args.host, args.http_port)
+    address = args.advertise_address or args.host
+    try:
+        advertised = parse_host_port(address, default_port=args.http_port)
+    except InvalidAddress:
+        print(f"controlplane: --advertise-address: {address!r} is not HOST[:PORT]", file=sys.stderr)
+        return 2
     try:
         fetch = _fetch_settings(args)
     except _UsageError as exc:
@@ -200,14 +206,6 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     asyncio.run(serve(settings))
     return 0
-
-
-def _advertised(address: str, default_port: int) -> tuple[str, int]:
-    """HOST, HOST:PORT, [IPV6] or [IPV6]:PORT; a bare IPv6 address has no port."""
-    host, sep, port = address.rpartition(":")
-    if sep and port.isdigit() and (host.endswith("]") or ":" not in host):
-        return host.strip("[]"), int(port)
-    return address.strip("[]"), default_port
 
 
 def _validate(args: argparse.Namespace) -> int:

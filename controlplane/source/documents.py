@@ -10,6 +10,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.addresses import InvalidAddress, parse_host_port
 from controlplane.api import sidecar_pb2, wasmplugin_pb2
 from controlplane.errors import ConfigError
 from controlplane.image_reference import InvalidReference, parse_reference
@@ -47,7 +48,6 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 _C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]*):([0-9]{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -313,8 +313,9 @@ def _read_sidecar(data: Any, key: DocumentKey, source: SourceRef) -> tuple[Sidec
         if not endpoint:
             problems.append((at + ("defaultEndpoint",), "required: where this port's traffic is sent"))
         elif not endpoint.startswith("unix://"):
-            match = _HOST_PORT.match(endpoint)
-            if match is None or not 1 <= int(match.group(2)) <= 65535:
+            try:
+                parse_host_port(endpoint)
+            except InvalidAddress:
                 problems.append((at + ("defaultEndpoint",), f"{endpoint!r} is not HOST:PORT or unix://PATH"))
         ports.append(IngressPort(number, ingress.port.protocol.upper(), ingress.port.name, ingress.bind, endpoint))
     if problems:

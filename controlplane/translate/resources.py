@@ -34,6 +34,7 @@ from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from controlplane.addresses import host_for_url, parse_host_port
 from controlplane.model import (
     Config,
     FailStrategy,
@@ -310,12 +311,11 @@ def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
     if endpoint.startswith("unix://"):
         address = address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint[len("unix://") :]))
         return _cluster(upstream_cluster_name(port), address, cluster_pb2.Cluster.STATIC)
-    host, _, port_text = endpoint.rpartition(":")
-    host = host.strip("[]")
+    host, port_number = parse_host_port(endpoint)  # checked when the Sidecar was loaded
     # `0.0.0.0:PORT`, `[::]:PORT` or `:PORT` mean "the workload's own address" in Istio; beside the workload
     # that is loopback.
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    cluster = _endpoint_cluster(upstream_cluster_name(port), host, int(port_text))
+    cluster = _endpoint_cluster(upstream_cluster_name(port), host, port_number)
     if port.protocol in HTTP2_PROTOCOLS:
         # The connection manager takes h2 from clients; a gRPC backend must be spoken to in h2 too.
         options = http_protocol_options_pb2.HttpProtocolOptions(
@@ -360,8 +360,3 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def host_for_url(host: str) -> str:
-    """A host as it goes before `:PORT`: IPv6 addresses in brackets."""
-    return f"[{host}]" if ":" in host else host
