@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +22,9 @@ from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane import files
 from controlplane.bootstrap import envoy_bootstrap
+from controlplane.processes import Process
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,38 +80,6 @@ def http_get(port: int, path: str = "/get", headers: dict[str, str] | None = Non
 
 def burst(port: int, count: int) -> list[Response]:
     return [http_get(port) for _ in range(count)]
-
-
-class Process:
-    """A child process whose output goes to a log file that is shown when a test fails."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(
-            args,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self) -> None:
-        if self.alive():
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
 
 
 @contextlib.contextmanager
@@ -304,10 +272,8 @@ def wasm_plugin_yaml(
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """As editors and git do: write beside, then rename over."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    """As editors and git save a file: written beside, then renamed over."""
+    files.write_atomically(path, text.encode(), 0o644)
 
 
 @dataclass
