@@ -25,7 +25,7 @@ from controlplane.modules.download import FetchSettings
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
-from controlplane.render import resources_as_dict, to_yaml
+from controlplane.render import message_as_dict, resources_as_dict, to_yaml
 from controlplane.source.directory import load_directory, missing_roots
 from controlplane.translate.resources import TranslateSettings, translate
 
@@ -277,12 +277,10 @@ async def _resolve_modules(requests: list[ModuleRequest], fetch: FetchSettings) 
 
 def _bootstrap(args: argparse.Namespace) -> int:
     host, port = args.xds_address
-    print(
-        to_yaml(
-            envoy_bootstrap(args.node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)
-        ),
-        end="",
+    bootstrap = envoy_bootstrap(
+        args.node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta
     )
+    print(to_yaml(message_as_dict(bootstrap)), end="")
     return 0
 
 

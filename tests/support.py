@@ -25,6 +25,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane import files
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.processes import Process
+from controlplane.render import message_as_dict
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +198,7 @@ def start_envoy(
     delta: bool = False,
 ) -> EnvoyProcess:
     bootstrap = envoy_bootstrap(node_id, namespace, labels or {}, "127.0.0.1", xds_port, free_port(), delta=delta)
-    return run_envoy(processes, log_dir, node_id, bootstrap)
+    return run_envoy(processes, log_dir, node_id, message_as_dict(bootstrap))
 
 
 def run_envoy(processes: list[Process], log_dir: Path, name: str, bootstrap: dict[str, Any]) -> EnvoyProcess:

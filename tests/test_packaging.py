@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from controlplane.bootstrap import envoy_bootstrap
+from controlplane.render import message_as_dict
 from tests.support import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -51,7 +52,9 @@ def test_committed_bootstraps_are_what_the_bootstrap_command_writes() -> None:
 
 
 def test_bootstrap_names_the_proxy_as_istio_does() -> None:
-    bootstrap = envoy_bootstrap("httpbin-1", "shop", {"app": "httpbin", "version": "v1"}, "cp.example", 15010)
+    bootstrap = message_as_dict(
+        envoy_bootstrap("httpbin-1", "shop", {"app": "httpbin", "version": "v1"}, "cp.example", 15010)
+    )
     assert bootstrap["node"]["metadata"] == {"NAMESPACE": "shop", "LABELS": {"app": "httpbin", "version": "v1"}}
     assert bootstrap["node"]["cluster"] == "httpbin.shop"
     address = bootstrap["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]

@@ -107,7 +107,7 @@ def translate(
     # Every selected plugin gets its config, used by a listener here or not: a proxy with listeners of
     # its own names the plugins it wants, and a proxy only subscribes to the names it uses.
     plugins = select_plugins(config, proxy, settings.root_namespace)
-    clusters = [_endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
+    clusters = [endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
     clusters += [_upstream_cluster(port) for port in ports]
     per_port = [[p for p in plugins if plugin_applies_to_port(p, port)] for port in ports]
     listeners = [_listener(port, used) for port, used in zip(ports, per_port, strict=True)]
@@ -150,7 +150,7 @@ def _listener(port: IngressPort, plugins: list[WasmPlugin]) -> listener_pb2.List
         )
     return listener_pb2.Listener(
         name=listener_name(port),
-        address=_socket_address(port.bind or "0.0.0.0", port.number),
+        address=socket_address(port.bind or "0.0.0.0", port.number),
         filter_chains=[listener_components_pb2.FilterChain(filters=[*network_filters, terminal])],
     )
 
@@ -315,21 +315,30 @@ def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
     # `0.0.0.0:PORT`, `[::]:PORT` or `:PORT` mean "the workload's own address" in Istio; beside the workload
     # that is loopback.
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    cluster = _endpoint_cluster(upstream_cluster_name(port), host, port_number)
+    cluster = endpoint_cluster(upstream_cluster_name(port), host, port_number)
     if port.protocol in HTTP2_PROTOCOLS:
         # The connection manager takes h2 from clients; a gRPC backend must be spoken to in h2 too.
-        options = http_protocol_options_pb2.HttpProtocolOptions(
-            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-            )
-        )
-        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options, deterministic=True)
+        speak_http2(cluster)
     return cluster
 
 
-def _endpoint_cluster(name: str, host: str, port: int) -> cluster_pb2.Cluster:
-    discovery = cluster_pb2.Cluster.STATIC if _is_ip(host) else cluster_pb2.Cluster.STRICT_DNS
-    return _cluster(name, _socket_address(host, port), discovery)
+def speak_http2(cluster: cluster_pb2.Cluster) -> None:
+    """Makes the cluster's connections HTTP/2, as gRPC needs."""
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options, deterministic=True)
+
+
+def endpoint_cluster(name: str, host: str, port: int, resolve: bool | None = None) -> cluster_pb2.Cluster:
+    """A cluster of one endpoint. `resolve`: whether the host is looked up in DNS (and again when its
+    answer changes); by default only when it is a name, not an IP address."""
+    if resolve is None:
+        resolve = not _is_ip(host)
+    discovery = cluster_pb2.Cluster.STRICT_DNS if resolve else cluster_pb2.Cluster.STATIC
+    return _cluster(name, socket_address(host, port), discovery)
 
 
 def _cluster(name: str, address: address_pb2.Address, discovery: int) -> cluster_pb2.Cluster:
@@ -350,7 +359,7 @@ def _cluster(name: str, address: address_pb2.Address, discovery: int) -> cluster
     )
 
 
-def _socket_address(host: str, port: int) -> address_pb2.Address:
+def socket_address(host: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
 
 
