@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from controlplane.processes import Process
+from controlplane.processes import Process, controlplane_command
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
@@ -45,16 +45,7 @@ def run_demo() -> int:
         step("starting the control plane on 127.0.0.1:18000 (xDS) and :18001 (modules), watching", config_dir)
         start(
             "controlplane",
-            [
-                sys.executable,
-                "-m",
-                "controlplane",
-                "serve",
-                "--config-dir",
-                str(config_dir),
-                "--cache-dir",
-                str(work_dir / "cache"),
-            ],
+            controlplane_command("serve", "--config-dir", str(config_dir), "--cache-dir", str(work_dir / "cache")),
         )
         _wait(lambda: _get(CONTROL_PLANE_HTTP_PORT, "/ready")[0] == 200, "the control plane")
         step("starting Envoy with", ENVOY_BOOTSTRAP.relative_to(REPO))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -40,3 +41,8 @@ class Process:
                 self.popen.kill()
                 self.popen.wait()
         self._log.close()
+
+
+def controlplane_command(*args: str) -> list[str]:
+    """The `controlplane` command run by this interpreter, so that the child runs this code with these packages."""
+    return [sys.executable, "-m", "controlplane", *args]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 from controlplane.model import WasmPlugin
+from controlplane.processes import controlplane_command
 from controlplane.source.directory import LoadedDirectory, load_directory
 from controlplane.source.documents import DocumentKey
 
@@ -79,7 +79,7 @@ def plugin_key(name: str, namespace: str = "default") -> DocumentKey:
 
 def validate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "controlplane", "validate", *args],
+        controlplane_command("validate", *args),
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -8,7 +8,6 @@ import http.client
 import json
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane import files
 from controlplane.bootstrap import envoy_bootstrap
-from controlplane.processes import Process
+from controlplane.processes import Process, controlplane_command
 from controlplane.render import message_as_dict
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER
 
@@ -127,10 +126,7 @@ def start_control_plane(
     xds_port, http_port = ports or (free_port(), free_port())
     process = Process(
         f"controlplane-{len(processes)}",
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
+        controlplane_command(
             "serve",
             "--config-dir",
             str(config_dir),
@@ -141,7 +137,7 @@ def start_control_plane(
             "--cache-dir",
             str(log_dir / "cache"),
             *extra,
-        ],
+        ),
         log_dir,
     )
     processes.append(process)

@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import io
 import subprocess
-import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controlplane.processes import controlplane_command
 from tests.support import (
     RATELIMIT_WASM,
     Process,
@@ -125,17 +125,14 @@ def test_a_file_that_is_not_wasm_never_reaches_envoy(stack: Stack, module_server
 def test_render_prints_the_resources_with_typed_configs_decoded(tmp_path: Path) -> None:
     config_dir = Path(__file__).resolve().parents[1] / "fixtures" / "config"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
+        controlplane_command(
             "render",
             str(config_dir),
             "--namespace",
             "default",
             "--labels",
             "app=httpbin",
-        ],
+        ),
         capture_output=True,
         text=True,
         check=True,

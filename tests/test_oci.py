@@ -32,6 +32,7 @@ from controlplane.modules.index import IndexEntry, ModuleIndex, expired
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
+from controlplane.processes import controlplane_command
 from controlplane.source.directory import load_directory
 from tests.registry import FORMATS, LocalCa, Registry, TokenIssuer, docker_config_json, start_registry, token_server
 from tests.support import ORDER_MARKER_WASM, RATELIMIT_WASM, wasm_plugin_yaml
@@ -546,7 +547,7 @@ def test_render_pulls_private_modules_with_the_flags_and_secrets_of_serve(
         text = wasm_plugin_yaml("p", url)
     (config_dir / "plugin.yaml").write_text(text)
     result = subprocess.run(
-        [sys.executable, "-m", "controlplane", "render", str(config_dir), *flags],
+        controlplane_command("render", str(config_dir), *flags),
         capture_output=True,
         text=True,
         env={k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"},

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from controlplane.bootstrap import envoy_bootstrap
+from controlplane.processes import controlplane_command
 from controlplane.render import message_as_dict
 from tests.support import REPO
 
@@ -20,10 +20,7 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 def bootstrap_command(xds_address: str) -> dict:
     output = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
+        controlplane_command(
             "bootstrap",
             "--node-id",
             "httpbin-1",
@@ -33,7 +30,7 @@ def bootstrap_command(xds_address: str) -> dict:
             "app=httpbin",
             "--xds-address",
             xds_address,
-        ],
+        ),
         capture_output=True,
         text=True,
         check=True,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 
 import controlplane.source.follower
 from controlplane.app import ControlPlane, ServeSettings
+from controlplane.processes import controlplane_command
 from controlplane.source.directory import LoadedDirectory
 from tests.support import ORDER_MARKER_WASM, Process, free_port, start_control_plane, wait_for, wasm_plugin_yaml
 
@@ -32,7 +32,7 @@ def serving_source(status: dict[str, Any], name: str) -> str:
 @pytest.mark.integration
 def test_serve_exits_2_for_a_config_dir_that_does_not_exist(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "controlplane", "serve", "--config-dir", str(tmp_path / "typo")]
+        controlplane_command("serve", "--config-dir", str(tmp_path / "typo"))
         + ["--xds-port", str(free_port()), "--http-port", str(free_port()), "--cache-dir", str(tmp_path / "c")],
         cwd=REPO,
         capture_output=True,
