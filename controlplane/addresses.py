@@ -3,6 +3,7 @@ hosts and port ranges mean the same everywhere; and the inverse, a host as it go
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]*)$")
@@ -31,3 +32,12 @@ def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, in
 def host_for_url(host: str) -> str:
     """A host as it goes before `:PORT`: IPv6 addresses in brackets."""
     return f"[{host}]" if ":" in host else host
+
+
+def is_ip(text: str) -> bool:
+    """An IPv4 or IPv6 address, not a name."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, WasmPlugin
-from controlplane.modules.download import redact
 from controlplane.modules.resolver import ModuleRecord
+from controlplane.redaction import redact
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.status import file_status
 from controlplane.xds.connection import Connection
@@ -18,10 +18,15 @@ from controlplane.xds.server import DiscoveryServer
 
 
 def config_view(
-    loaded: LoadedDirectory, modules: Mapping[ModuleKey, ModuleRecord], now: float, clock: float
+    loaded: LoadedDirectory,
+    modules: Mapping[ModuleKey, ModuleRecord],
+    now: float,
+    clock: float,
+    attachment: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """`/debug/config`: per file what serves and what failed, and per module its state. `now` (seconds since
-    the epoch) and `clock` (the monotonic clock) are read at the same instant."""
+    """`/debug/config`: per file what serves and what failed, per module its state, and per plugin where it
+    runs on the connected proxies and why not elsewhere (`attachment`). `now` (seconds since the epoch) and
+    `clock` (the monotonic clock) are read at the same instant."""
     return {
         "errors": [str(e) for e in loaded.errors],
         "files": file_status(loaded),
@@ -36,6 +41,7 @@ def config_view(
             for key, served in loaded.served.items()
         ],
         "modules": module_views(loaded.config.plugins, modules, now, clock),
+        "attachment": attachment or [],
     }
 
 

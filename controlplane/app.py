@@ -17,33 +17,19 @@ from controlplane.admin import config_view, metrics_text, proxies_view
 from controlplane.http_server import HttpServer
 from controlplane.model import ProxyClass
 from controlplane.modules.index import ModuleIndex
-from controlplane.modules.policy import module_requests
-from controlplane.modules.resolver import ModuleResolver, ResolverSettings
+from controlplane.modules.policy import module_requests, start_waits_for
+from controlplane.modules.resolver import ModuleResolver
 from controlplane.modules.store import ModuleStore
 from controlplane.node import proxy_class
+from controlplane.serve_settings import ServeSettings
 from controlplane.snapshots.builder import SnapshotBuilder
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.follower import DirectoryFollower
-from controlplane.source.settle import SettleSettings
-from controlplane.translate.resources import TranslateSettings
+from controlplane.translate.attachment import attachment_report
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import DiscoveryServer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    config_dirs: tuple[str, ...]
-    cache_dir: str
-    host: str = "127.0.0.1"
-    xds_port: int = 18000
-    http_port: int = 18001
-    translate: TranslateSettings = TranslateSettings()
-    modules: ResolverSettings = ResolverSettings()
-    settle: SettleSettings = SettleSettings()
-    resync_seconds: float = 30.0
-    startup_fetch_seconds: float = 30.0
 
 
 @dataclass
@@ -78,7 +64,15 @@ class ControlPlane:
         self.xds.register(self._grpc)
         self.xds_port = self._grpc.add_insecure_port(f"{host_for_url(self.settings.host)}:{self.settings.xds_port}")
         views = {
-            "/debug/config": lambda: config_view(self.loaded, self.modules.records(), time.time(), time.monotonic()),
+            "/debug/config": lambda: config_view(
+                self.loaded,
+                self.modules.records(),
+                time.time(),
+                time.monotonic(),
+                attachment_report(
+                    self.loaded.config, self.cache.watched_keys(), self.settings.translate.root_namespace
+                ),
+            ),
             "/debug/proxies": lambda: proxies_view(self.xds.connections.values()),
             "/metrics": lambda: metrics_text(self.ready.is_set(), self.loaded, self.modules.statuses, self.xds),
         }
@@ -91,7 +85,8 @@ class ControlPlane:
         # Proxies get nothing until the directory is loaded and its modules settled, so that none is
         # ever sent a partial config.
         try:
-            await asyncio.wait_for(self.modules.available(), self.settings.startup_fetch_seconds)
+            waits_for = start_waits_for(self.loaded.config)
+            await asyncio.wait_for(self.modules.available(waits_for.__contains__), self.settings.startup_fetch_seconds)
         except TimeoutError:
             # Past this, a module still on its way only holds back the listeners that use it: Envoy warms
             # them until its config arrives.
@@ -136,11 +131,10 @@ def _report_end(task: asyncio.Task[None]) -> None:
 
 
 async def serve(settings: ServeSettings) -> None:
-    plane = ControlPlane(settings)
-    await plane.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    """Serves until SIGINT or SIGTERM."""
+    plane, stop = ControlPlane(settings), asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await plane.start()
     await stop.wait()
     await plane.stop()

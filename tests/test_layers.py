@@ -12,11 +12,11 @@ from tests.support import REPO
 
 PACKAGE = REPO / "controlplane"
 LAYERS: list[set[str]] = [
-    {"errors", "model", "api"},
+    {"errors", "model", "api", "redaction", "regular_file"},
     {"image_reference", "addresses", "files", "docker_config", "processes"},
     {"source", "modules", "xds"},
     {"translate"},
-    {"node", "snapshots", "render", "diff", "http_server"},
+    {"node", "snapshots", "render", "diff", "http_server", "serve_settings"},
     {"bootstrap"},
     {"admin", "demo"},
     {"app"},

@@ -109,7 +109,7 @@ ERROR_CASES: dict[str, ErrorCase] = {
     "selector and targetRefs": (
         wasm_plugin(
             "url: oci://example.com/a:1\nselector:\n  matchLabels: {app: web}\n"
-            "targetRefs:\n- kind: Gateway\n  name: edge"
+            "targetRefs:\n- group: gateway.networking.k8s.io\n  kind: Gateway\n  name: edge"
         ),
         "spec:",
         0,
@@ -131,8 +131,11 @@ ERROR_CASES: dict[str, ErrorCase] = {
         "expected a string, got an integer",
     ),
     "targetRefs entry without a name": (
-        wasm_plugin("url: oci://example.com/a:1\ntargetRefs:\n- kind: Gateway\n  name: edge\n- kind: Gateway"),
-        "- kind: Gateway",
+        wasm_plugin(
+            "url: oci://example.com/a:1\ntargetRefs:\n- group: gateway.networking.k8s.io\n  kind: Gateway\n  name: edge\n"
+            "- group: gateway.networking.k8s.io\n  kind: Gateway"
+        ),
+        "- group: gateway.networking.k8s.io",
         1,
         "spec.targetRefs[1]",
         "kind and name are required",
@@ -145,7 +148,9 @@ ERROR_CASES: dict[str, ErrorCase] = {
         "kind and name are required",
     ),
     "targetRefs entry in another namespace": (
-        wasm_plugin("url: oci://example.com/a:1\ntargetRefs:\n- kind: Gateway\n  name: edge\n  namespace: apps"),
+        wasm_plugin(
+            "url: oci://example.com/a:1\ntargetRefs:\n- group: gateway.networking.k8s.io\n  kind: Gateway\n  name: edge\n  namespace: apps"
+        ),
         "namespace: apps",
         0,
         "spec.targetRefs[0].namespace",
@@ -154,9 +159,9 @@ ERROR_CASES: dict[str, ErrorCase] = {
     "HOST env with a value": (
         wasm_plugin(
             "url: oci://example.com/a:1\nvmConfig:\n  env:\n  - name: A\n    value: x\n"
-            "  - name: B\n    valueFrom: HOST\n    value: y"
+            "  - name: B\n    valueFrom: HOST\n    value: z"
         ),
-        "value: y",
+        "value: z",
         0,
         "spec.vmConfig.env[1].value",
         "may only be set when valueFrom is INLINE",

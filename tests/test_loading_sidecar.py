@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.model import IngressPort, Sidecar, SourceRef
+from controlplane.model import EgressHost, EgressPort, IngressPort, Sidecar, SourceRef
 from tests.loading import load, sidecar, write
 
 
@@ -51,6 +51,7 @@ def test_sidecar_is_read_in_every_networking_api_version(tmp_path: Path, api_ver
                 IngressPort(9090, "TCP", "", "127.0.0.1", "unix:///var/run/app.sock"),
             ),
             source=SourceRef(str(path), 1),
+            egress=(EgressPort(0, "", "", "127.0.0.1", (EgressHost(".", "*"),)),),
         ),
     )
 

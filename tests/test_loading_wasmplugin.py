@@ -171,7 +171,8 @@ def test_target_refs_default_to_the_plugin_namespace(tmp_path: Path) -> None:
         - group: gateway.networking.k8s.io
           kind: Gateway
           name: edge
-        - kind: Gateway
+        - group: gateway.networking.k8s.io
+          kind: Gateway
           name: other
         """,
             namespace="gateways",
@@ -179,7 +180,7 @@ def test_target_refs_default_to_the_plugin_namespace(tmp_path: Path) -> None:
     )
     assert only_plugin(load(tmp_path)).target_refs == (
         TargetRef("gateway.networking.k8s.io", "Gateway", "edge", "gateways"),
-        TargetRef("", "Gateway", "other", "gateways"),
+        TargetRef("gateway.networking.k8s.io", "Gateway", "other", "gateways"),
     )
 
 
@@ -239,7 +240,8 @@ def test_target_refs_to_other_kinds_are_valid_with_a_warning(tmp_path: Path) -> 
         """
         url: oci://example.com/a:1
         targetRefs:
-        - kind: Gateway
+        - group: gateway.networking.k8s.io
+          kind: Gateway
           name: edge
         - group: gateway.networking.k8s.io
           kind: GatewayClass
@@ -266,7 +268,9 @@ def test_target_refs_to_other_kinds_are_valid_with_a_warning(tmp_path: Path) -> 
 def test_a_single_target_ref_to_a_service_is_noted_in_the_file_status(tmp_path: Path) -> None:
     from controlplane.source.status import file_status
 
-    text = wasm_plugin("url: oci://example.com/a:1\ntargetRef:\n  kind: ServiceEntry\n  name: external")
+    text = wasm_plugin(
+        "url: oci://example.com/a:1\ntargetRef:\n  group: networking.istio.io\n  kind: ServiceEntry\n  name: external"
+    )
     path = write(tmp_path, "plugin.yaml", text)
     status = file_status(load(tmp_path))[str(path)]
     assert status["state"] == "applied"

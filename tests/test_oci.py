@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from controlplane.admin import module_views
-from controlplane.app import ControlPlane, ServeSettings
+from controlplane.app import ControlPlane
 from controlplane.image_reference import ImageReference, InvalidReference, parse_reference
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
 from controlplane.modules.credentials import load_docker_config
@@ -33,6 +33,7 @@ from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.processes import controlplane_command
+from controlplane.serve_settings import ServeSettings
 from controlplane.source.directory import load_directory
 from tests.registry import FORMATS, LocalCa, Registry, TokenIssuer, docker_config_json, start_registry, token_server
 from tests.support import ORDER_MARKER_WASM, RATELIMIT_WASM, wasm_plugin_yaml

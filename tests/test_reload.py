@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 import controlplane.source.follower
-from controlplane.app import ControlPlane, ServeSettings
+from controlplane.app import ControlPlane
 from controlplane.processes import controlplane_command
+from controlplane.serve_settings import ServeSettings
 from controlplane.source.directory import LoadedDirectory
 from tests.support import ORDER_MARKER_WASM, Process, free_port, start_control_plane, wait_for, wasm_plugin_yaml
 

@@ -14,17 +14,23 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
-from controlplane.modules.download import FetchFailed, FetchSettings, redact
+from controlplane.modules.download import FetchFailed, FetchSettings
 from controlplane.modules.fetch import fetch_module, is_local
 from controlplane.modules.index import IndexEntry, ModuleIndex, entry_name, expired
 from controlplane.modules.policy import ModuleRequest
 from controlplane.modules.store import ModuleStore
 from controlplane.modules.verify import ModuleRejected, verify_module
+from controlplane.redaction import redact
 
 log = logging.getLogger(__name__)
+
+
+MAX_CONCURRENT_DOWNLOADS = 32
+"""Downloads running at once; more wait for one of them to end (each ends by its deadline)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,9 @@ class ModuleResolver:
         self._settings = settings
         self._on_change = on_change
         self._records: dict[ModuleKey, ModuleRecord] = {}
+        self._downloads = ThreadPoolExecutor(MAX_CONCURRENT_DOWNLOADS, thread_name_prefix="module-download")
+        """Threads of their own: slow registries and servers must not hold those that reloads and disk
+        work run in (asyncio's default pool has only a few)."""
 
     @property
     def statuses(self) -> Mapping[ModuleKey, ModuleStatus]:
@@ -125,10 +134,12 @@ class ModuleResolver:
         while fetches := [r.fetch for r in self._records.values() if r.fetch is not None]:
             await asyncio.gather(*fetches, return_exceptions=True)
 
-    async def available(self) -> None:
-        """Waits until every module being fetched has a status: one served from the cache while it is
-        pulled again holds nothing up."""
-        while pending := [r.fetch for r in self._records.values() if r.fetch is not None and r.status is None]:
+    async def available(self, wanted: Callable[[ModuleKey], bool] = lambda key: True) -> None:
+        """Waits until every `wanted` module being fetched has a status: one served from the cache while it
+        is pulled again holds nothing up."""
+        while pending := [
+            r.fetch for k, r in self._records.items() if r.fetch is not None and r.status is None and wanted(k)
+        ]:
             await asyncio.wait(pending, timeout=self._settings.tick_seconds)
 
     async def run(self) -> None:
@@ -254,7 +265,9 @@ class ModuleResolver:
         key = record.key
         async with record.url_lock:
             cached = self._index.get(key)
-            resolved = await pull_module(key, self._store, self._settings.fetch, request.credentials, cached)
+            resolved = await pull_module(
+                key, self._store, self._settings.fetch, request.credentials, cached, self._downloads
+            )
         status = resolved.status
         if isinstance(status, ModuleReady):
             await asyncio.to_thread(self._index.record, key, status.sha256, status.size, time.time(), resolved.manifest)
@@ -295,14 +308,15 @@ async def pull_module(
     settings: FetchSettings,
     credentials: tuple[RegistryCredential, ...] = (),
     cached: IndexEntry | None = None,
+    downloads: Executor | None = None,
 ) -> Resolved:
     """As `resolve_module`; `cached` is what the index knows of this key. When the registry still resolves
     it to the manifest that module came from and the store holds the module intact, the module stays: it
-    was verified under this same key when it was stored."""
+    was verified under this same key when it was stored. `downloads`: as for `fetch_module`."""
     if cached is not None and not await _reusable(cached, store):
         cached = None
     try:
-        fetched = await fetch_module(key.url, settings, credentials, cached.manifest if cached else "")
+        fetched = await fetch_module(key.url, settings, credentials, cached.manifest if cached else "", downloads)
         if fetched is None:
             assert cached is not None  # only a known manifest is found unchanged
             return Resolved(ModuleReady(cached.sha256, cached.size), cached.manifest, unchanged=True)

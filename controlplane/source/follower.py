@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from controlplane.errors import ConfigError
 from controlplane.source.directory import LoadedDirectory, load_directory
@@ -31,12 +32,15 @@ class DirectoryFollower:
         self._reported: set[ConfigError] = set()
         self._serving_record = read_record(cache_dir)
         self._watcher = DirectoryWatcher(self._roots, self._wanted.set)
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="config-load")
+        """A thread of its own, so that no module download can hold a load up."""
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._watcher.start(loop)
 
     def stop(self) -> None:
         self._watcher.stop()
+        self._loader.shutdown(wait=False)
 
     async def load(self) -> LoadedDirectory:
         """Reads the directories again, starting from the previous load: unchanged files are not parsed again,
@@ -45,7 +49,9 @@ class DirectoryFollower:
             # Watch where the roots lead now (a symlink swap or a replaced folder moves them) before reading.
             self._watcher.refresh()
             # Reading and parsing every changed file can take long: in a worker, so that no xDS stream stalls.
-            self.loaded = await asyncio.to_thread(self._load, self.loaded, self._watcher.writes_in_progress())
+            self.loaded = await asyncio.get_running_loop().run_in_executor(
+                self._loader, self._load, self.loaded, self._watcher.writes_in_progress()
+            )
         self._report(self.loaded.errors, self.loaded.warnings)
         return self.loaded
 
