@@ -111,7 +111,9 @@ def test_wrong_sha256_is_a_fetch_failure_handled_by_fail_strategy(
     responses = burst(stack.port, 3)
     assert [r.status for r in responses] == [expected] * 3
     assert all("who-am-i" not in r.headers for r in responses)
-    assert "sha256 mismatch" in stack.control_plane.module(url)["reason"]
+    # A FAIL_OPEN stand-in serves while the module is still being fetched: wait for the fetch to fail.
+    module = wait_for(lambda: (m := stack.control_plane.module(url))["state"] == "failed" and m, what="the failure")
+    assert "sha256 mismatch" in module["reason"]
 
 
 def test_a_file_that_is_not_wasm_never_reaches_envoy(stack: Stack, module_server: int) -> None:
