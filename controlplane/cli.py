@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import logs
-from controlplane.app import ServeSettings, serve
+from controlplane.addresses import InvalidAddress, parse_host_port
+from controlplane.app import serve
 from controlplane.bootstrap import EnvoyTls, envoy_bootstrap
 from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
+from controlplane.docker_config import DockerConfigError
 from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
 from controlplane.modules.download import FetchSettings
@@ -31,9 +33,9 @@ from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.node import ROUTER_PREFIX, is_gateway
 from controlplane.proxy_status import any_nacked, status_table
-from controlplane.render import resources_as_dict, to_yaml
+from controlplane.render import message_as_dict, resources_as_dict, to_yaml
+from controlplane.serve_settings import ServeSettings
 from controlplane.source.directory import load_directory, missing_roots
-from controlplane.source.secrets import DockerConfigError
 from controlplane.tls import ServerTls, TlsFileError, TlsFiles
 from controlplane.translate.attachment import attachment_report, unattachable_plugins
 from controlplane.translate.resources import TranslateSettings, translate
@@ -216,15 +218,20 @@ def _labels(text: str) -> dict[str, str]:
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(text)
+    except InvalidAddress:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     cache_dir = os.path.abspath(args.cache_dir)
-    advertised = _advertised(args.advertise_address or args.host, args.http_port)
+    address = args.advertise_address or args.host
+    try:
+        advertised = parse_host_port(address, default_port=args.http_port)
+    except InvalidAddress:
+        print(f"controlplane: --advertise-address: {address!r} is not HOST[:PORT]", file=sys.stderr)
+        return 2
     try:
         fetch = _fetch_settings(args)
     except _UsageError as exc:
@@ -235,22 +242,6 @@ def _serve(args: argparse.Namespace) -> int:
         # Started on a typo, the server would serve an empty config and look healthy.
         print(f"controlplane: --config-dir: no such folder or file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    settings = ServeSettings(
-        config_dirs=tuple(args.config_dir),
-        cache_dir=cache_dir,
-        host=args.host,
-        xds_port=args.xds_port,
-        http_port=args.http_port,
-        translate=TranslateSettings(
-            root_namespace=args.root_namespace,
-            module_host=advertised[0],
-            module_port=advertised[1],
-            module_delivery=args.module_delivery,
-            local_module_dir=args.local_module_dir or cache_dir,
-        ),
-        modules=ResolverSettings(fetch=fetch, repull_seconds=args.repull_interval),
-        resync_seconds=args.resync_interval,
-    )
     if args.host in ("0.0.0.0", "::") and not args.advertise_address:
         print("controlplane: --advertise-address is required with --host", args.host, file=sys.stderr)
         return 2
@@ -261,15 +252,27 @@ def _serve(args: argparse.Namespace) -> int:
     except (_UsageError, TlsFileError) as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return 2
-    settings = dataclasses.replace(
-        settings,
+    settings = ServeSettings(
+        config_dirs=tuple(args.config_dir),
+        cache_dir=cache_dir,
+        host=args.host,
+        xds_port=args.xds_port,
+        http_port=args.http_port,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
         tls=tls,
         trust_domain=args.trust_domain,
-        translate=dataclasses.replace(
-            settings.translate, module_tls=tls is not None, module_client_cert=bool(args.client_ca)
+        translate=TranslateSettings(
+            root_namespace=args.root_namespace,
+            module_host=advertised[0],
+            module_port=advertised[1],
+            module_delivery=args.module_delivery,
+            local_module_dir=args.local_module_dir or cache_dir,
+            module_tls=tls is not None,
+            module_client_cert=bool(args.client_ca),
         ),
+        modules=ResolverSettings(fetch=fetch, repull_seconds=args.repull_interval),
+        resync_seconds=args.resync_interval,
     )
     _raise_open_files_limit()
     _run_until_stopped(serve(settings))
@@ -318,14 +321,6 @@ def _run_until_stopped(server: Coroutine[Any, Any, None]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-
-
-def _advertised(address: str, default_port: int) -> tuple[str, int]:
-    """HOST, HOST:PORT, [IPV6] or [IPV6]:PORT; a bare IPv6 address has no port."""
-    host, sep, port = address.rpartition(":")
-    if sep and port.isdigit() and (host.endswith("]") or ":" not in host):
-        return host.strip("[]"), int(port)
-    return address.strip("[]"), default_port
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -410,7 +405,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     bootstrap = envoy_bootstrap(
         node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta, tls=tls
     )
-    print(to_yaml(bootstrap), end="")
+    print(to_yaml(message_as_dict(bootstrap)), end="")
     return 0
 
 

@@ -13,13 +13,14 @@ from controlplane.translate.resources import ProxyResources
 
 
 def message_as_dict(message: Message) -> dict[str, Any]:
+    """An Envoy message as its YAML and JSON configs write it: proto field names, typed configs decoded."""
     # Through JSON text, which turns protobuf's OrderedDicts into plain mappings for the YAML dumper.
-    result: dict[str, Any] = json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
-    return result
+    decoded: dict[str, Any] = json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    return decoded
 
 
 def resources_as_dict(resources: ProxyResources) -> dict[str, Any]:
-    def decode(messages: tuple[Any, ...]) -> list[Any]:
+    def decode(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
         return [message_as_dict(m) for m in messages]
 
     return {

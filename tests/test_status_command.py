@@ -1,14 +1,16 @@
 """`controlplane status` against real Envoys, one of which rejects its listeners; and the command line's
-log and version flags."""
+log, version and certificate flags."""
 
 from __future__ import annotations
 
 import json
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+
+from controlplane.processes import controlplane_command
 from tests.support import (
     REPO,
     ControlPlaneProcess,
@@ -21,11 +23,12 @@ from tests.support import (
     wait_for,
 )
 
+pytestmark = pytest.mark.integration  # every test here runs the command
+
 
 def status(control_plane: ControlPlaneProcess, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "controlplane", "status", "--admin-address", f"127.0.0.1:{control_plane.admin_port}"]
-        + list(extra),
+        controlplane_command("status", "--admin-address", f"127.0.0.1:{control_plane.admin_port}", *extra),
         capture_output=True,
         text=True,
         timeout=30,
@@ -74,7 +77,7 @@ def test_status_shows_synced_and_nacked_proxies_and_exits_1_on_a_nack(
 
 def test_status_exits_2_when_the_admin_port_does_not_answer() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "controlplane", "status", "--admin-address", f"127.0.0.1:{free_port()}"],
+        controlplane_command("status", "--admin-address", f"127.0.0.1:{free_port()}"),
         capture_output=True,
         text=True,
         timeout=30,
@@ -84,22 +87,10 @@ def test_status_exits_2_when_the_admin_port_does_not_answer() -> None:
 
 
 def test_version_and_log_flags_after_the_subcommand(tmp_path: Path) -> None:
-    version = subprocess.run(
-        [sys.executable, "-m", "controlplane", "--version"], capture_output=True, text=True, cwd=REPO
-    )
+    version = subprocess.run(controlplane_command("--version"), capture_output=True, text=True, cwd=REPO)
     assert version.returncode == 0 and version.stdout.startswith("controlplane ")
     validate = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
-            "validate",
-            str(tmp_path),
-            "--log-level",
-            "debug",
-            "--log-format",
-            "json",
-        ],
+        controlplane_command("validate", str(tmp_path), "--log-level", "debug", "--log-format", "json"),
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -109,9 +100,7 @@ def test_version_and_log_flags_after_the_subcommand(tmp_path: Path) -> None:
 
 def test_certificate_flags_that_cannot_work_are_usage_errors(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "controlplane", *args], capture_output=True, text=True, timeout=30, cwd=REPO
-        )
+        return subprocess.run(controlplane_command(*args), capture_output=True, text=True, timeout=30, cwd=REPO)
 
     missing = run("serve", "--config-dir", str(tmp_path), "--tls-cert", str(tmp_path / "no.pem"), "--tls-key", "k")
     assert missing.returncode == 2 and "no.pem" in missing.stderr

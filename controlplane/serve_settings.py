@@ -1,0 +1,32 @@
+"""What `controlplane serve` is told: where the config and the cache are, where to listen, and the settings
+of each stage of the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.http_server import HttpLimits
+from controlplane.modules.resolver import ResolverSettings
+from controlplane.source.settle import SettleSettings
+from controlplane.tls import TlsFiles
+from controlplane.translate.resources import TranslateSettings
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    config_dirs: tuple[str, ...]
+    cache_dir: str
+    host: str = "127.0.0.1"
+    xds_port: int = 18000
+    http_port: int = 18001
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 18002
+    tls: TlsFiles | None = None
+    """The xDS and module ports speak TLS with these; with a client CA, mTLS and proxy identities."""
+    trust_domain: str = "cluster.local"
+    http_limits: HttpLimits = HttpLimits()
+    translate: TranslateSettings = TranslateSettings()
+    modules: ResolverSettings = ResolverSettings()
+    settle: SettleSettings = SettleSettings()
+    resync_seconds: float = 30.0
+    startup_fetch_seconds: float = 30.0
