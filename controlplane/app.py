@@ -28,7 +28,7 @@ from controlplane.source.watcher import WRITE_GRACE_SECONDS, DirectoryWatcher
 from controlplane.translate.resources import TranslateSettings, ecds_name, host_for_url, translate
 from controlplane.translate.selection import select_plugins
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.server import DiscoveryServer
+from controlplane.xds.server import SERVER_OPTIONS, DiscoveryServer
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snapshot
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,7 @@ class ControlPlane:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.cache: SnapshotCache[ProxyClass] = SnapshotCache()
-        self.cache.on_first_watch = self._build_first
-        self.cache.on_last_unwatch = self._forget_class
+        self.cache: SnapshotCache[ProxyClass] = SnapshotCache(self._build_first, self._forget_class)
         self.store = ModuleStore(self.settings.cache_dir)
         self.modules = ModuleResolver(
             self.store, ModuleIndex(self.settings.cache_dir), self.settings.modules, self._rebuild
@@ -79,7 +77,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._grpc = grpc.aio.server()
+        self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
         self.xds.register(self._grpc)
         self.xds_port = self._grpc.add_insecure_port(f"{host_for_url(self.settings.host)}:{self.settings.xds_port}")
         self._http = HttpServer(
