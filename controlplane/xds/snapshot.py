@@ -57,10 +57,23 @@ class Resource:
         return discovery_pb2.Resource(name=self.name, version=self.version, resource=self.body).SerializeToString()
 
 
+_PACKED: dict[int, tuple[Message, Resource]] = {}
+"""Resources made, by the identity of their message: the translation shares one message among the proxy
+classes it is the same for, so each is packed and hashed once."""
+
+
 def make_resource(message: Message) -> Resource:
+    """The message packed and versioned by its content; it must not change afterwards."""
+    packed = _PACKED.get(id(message))
+    if packed is not None and packed[0] is message:
+        return packed[1]
     body = any_pb2.Any()
     body.Pack(message, deterministic=True)
-    return Resource(message.name, _digest([body.value]), body)
+    resource = Resource(message.name, _digest([body.value]), body)
+    if len(_PACKED) >= 4096:
+        _PACKED.clear()
+    _PACKED[id(message)] = (message, resource)
+    return resource
 
 
 @dataclass(frozen=True)
