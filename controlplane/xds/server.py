@@ -186,6 +186,7 @@ class DiscoveryServer(Generic[K]):
         reader = asyncio.create_task(stream.read(context))
         try:
             stream.handle(first)
+            del first  # a proxy's node can be large: no stream keeps its first request
             await stream.write(context)
         finally:
             cancel_watch()
@@ -237,24 +238,30 @@ class _Stream(Generic[K]):
         self.changed = True
         self._wake_writer()
 
-    def handle(self, request: Any) -> None:
+    def handle(self, request: Any) -> bool:
+        """False at the end of the requests."""
+        if request is grpc.aio.EOF:
+            return False
         if self.only_type is not None and request.type_url != self.only_type:
             self.failure = (grpc.StatusCode.INVALID_ARGUMENT, f"this service serves only {self.only_type}")
+            self._wake_writer()
         elif request.type_url in SERVED_TYPES:  # else nothing is kept for it, so that no client can grow it
             self.callbacks.on_request(self.connection, request)
-            self.outbox.extend(self.handler.on_request(request))
-        self._wake_writer()
+            responses = self.handler.on_request(request)
+            if responses:  # an ACK, most requests, wakes nobody
+                self.outbox.extend(responses)
+                self._wake_writer()
+        return True
 
     async def read(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        # No request outlives its handling: an idle stream holds none.
         try:
             while self.failure is None:
                 while len(self.outbox) >= MAX_QUEUED_RESPONSES:
                     self._reader = asyncio.get_running_loop().create_future()
                     await self._reader
-                request = await context.read()
-                if request is grpc.aio.EOF:
+                if not self.handle(await context.read()):
                     break
-                self.handle(request)
         except grpc.RpcError:
             pass
         finally:
@@ -266,12 +273,7 @@ class _Stream(Generic[K]):
             if self.failure is not None:
                 await context.abort(*self.failure)
             if self.outbox:
-                response = self.outbox.popleft()
-                if self._reader is not None and not self._reader.done():
-                    self._reader.set_result(None)
-                await context.write(response.encoded)
-                self.sent[response.type_url] += 1
-                self.callbacks.on_response(self.connection, response)
+                await self._send(context, self.outbox.popleft())
             elif self.changed:
                 self.changed = False
                 self.outbox.extend(self.handler.on_change())
@@ -280,6 +282,14 @@ class _Stream(Generic[K]):
             else:
                 self._writer = asyncio.get_running_loop().create_future()
                 await self._writer
+
+    async def _send(self, context: grpc.aio.ServicerContext[Any, Any], response: Response) -> None:
+        # Apart, so that no idle stream keeps the last response it sent.
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+        await context.write(response.encoded)
+        self.sent[response.type_url] += 1
+        self.callbacks.on_response(self.connection, response)
 
     def _wake_writer(self) -> None:
         if self._writer is not None and not self._writer.done():
