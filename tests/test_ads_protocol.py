@@ -559,3 +559,38 @@ def test_a_nack_naming_an_unknown_nonce_is_not_counted(control_plane: ControlPla
         assert rejections() == [f"{metric} 1"]
 
     run(control_plane, script, "a")
+
+
+def test_workers_share_the_ports_and_send_the_same_versions(tmp_path: Path, processes: list[Process]) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "sidecars.yaml").write_text(sidecar_yaml("a", free_port(), free_port(), {"app": "a"}))
+    plugin(config_dir, "a", 5)
+    control_plane = start_control_plane(processes, config_dir, tmp_path, "--workers", "2")
+    parent = control_plane.process.popen.pid
+
+    def workers() -> list[int]:
+        return [
+            int(pid) for task in Path(f"/proc/{parent}/task").glob("*/children") for pid in task.read_text().split()
+        ]
+
+    wait_for(lambda: len(workers()) == 2, what="two workers")
+    # Both bound the ports: each answers once it has loaded the directory.
+    wait_for(lambda: all(http_get(control_plane.http_port, "/ready").status == 200 for _ in range(10)))
+
+    async def script(*clients: Client) -> None:
+        versions = set()
+        for client in clients:
+            client.send(EXTENSION_CONFIG, names=["extensions.istio.io/wasmplugin/default.limit-a"])
+            versions.add((await client.receive()).version_info)
+        assert len(versions) == 1, versions
+
+    run(control_plane, script, *["a"] * 8)
+    children = workers()
+    control_plane.process.popen.terminate()
+    assert control_plane.process.popen.wait(timeout=15) == 0
+    assert not [
+        pid
+        for pid in children
+        if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    ]
