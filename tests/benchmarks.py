@@ -82,7 +82,7 @@ def main() -> None:
                 wildcard = type_url != EXTENSION_CONFIG
                 connection.types[type_url] = TypeState(wildcard=wildcard, names=frozenset() if wildcard else names)
             responses = SotwProtocol(connection, lambda: snapshot, nonces).on_change()
-            sent += sum(len(r.SerializeToString()) for r in responses)
+            sent += sum(len(r.encoded) for r in responses)
         return sent
 
     fan_out_ms = median_ms(fan_out)
