@@ -190,7 +190,7 @@ async def client_main(port: int, first: int, count: int, classes: int, delta: bo
             by_class: dict[str, dict[str, list[bytes]]] = {}
             for p in proxies:
                 by_class.setdefault(p.app, dict(p.captured))
-            Path(argument).write_bytes(pickle.dumps(by_class))
+            Path(f"{argument}.{first}").write_bytes(pickle.dumps(by_class))
             print("ok", flush=True)
         elif command == "stop":
             break
@@ -209,7 +209,9 @@ async def bare_main(port: int, capture_file: str, delta: bool) -> None:
     import grpc
     from envoy.service.discovery.v3 import discovery_pb2
 
-    captured: dict[str, dict[str, list[bytes]]] = pickle.loads(Path(capture_file).read_bytes())
+    captured: dict[str, dict[str, list[bytes]]] = {}
+    for part in Path(capture_file).parent.glob(f"{Path(capture_file).name}.*"):  # one per client process
+        captured.update(pickle.loads(part.read_bytes()))
     streams: dict[str, list[asyncio.Queue[bytes]]] = defaultdict(list)
     round_ = 0
     acks = 0
