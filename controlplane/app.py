@@ -1,11 +1,13 @@
 """Wires the pipeline together for `controlplane serve`: directory → model → modules → snapshots → ADS,
-with the watcher, the module and admin ports and the metrics at the edges. Each reload rebuilds the snapshot of every watched proxy
-class; the cache pushes to a class's streams only when its snapshot's version changed."""
+with the watcher, the module and admin ports and the metrics at the edges. A reload that changed the config
+or a module's state rebuilds the snapshot of every watched proxy class; the cache pushes to a class's streams
+only when its snapshot's version changed."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
 import signal
 import time
@@ -41,8 +43,7 @@ from controlplane.source.follower import DirectoryFollower
 from controlplane.tls import ServerTls
 from controlplane.translate.attachment import attachment_report
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.connection import Connection
-from controlplane.xds.server import DiscoveryServer, StreamEvents
+from controlplane.xds.server import SERVER_OPTIONS, Callbacks, DiscoveryServer, StreamOpening, StreamRefused
 from controlplane.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class ControlPlane:
     def __post_init__(self) -> None:
         settings = self.settings
         self.metrics = Metrics()
-        self.convergence = Convergence(self.metrics.change_to_ack_seconds.observe)
+        self.convergence = Convergence(self.metrics.push_seconds.observe, self.metrics.change_to_ack_seconds.observe)
         self.source = DirectoryFollower(
             settings.config_dirs, settings.cache_dir, settings.settle, settings.resync_seconds, self.convergence.changed
         )
@@ -70,15 +71,22 @@ class ControlPlane:
         )
         # Inline modules are read on the loop: Wasm modules are small next to what the store allows.
         self.snapshots = SnapshotBuilder(settings.translate, lambda sha256: self.store.path(sha256).read_bytes())
-        self.cache: SnapshotCache[ProxyClass] = SnapshotCache()
-        self.cache.on_first_watch = self._build_first
-        self.cache.on_last_unwatch = self.snapshots.forget
-        self.xds = DiscoveryServer(self.cache, proxy_class, self.ready, _Events(self))
+        self.cache: SnapshotCache[ProxyClass] = SnapshotCache(self._build_first, self.snapshots.forget)
+        convergence = self.convergence
+        callbacks: Callbacks[ProxyClass] = Callbacks(
+            on_stream_open=self._admit,
+            on_stream_closed=convergence.closed,
+            on_response=lambda connection, response: convergence.responded(connection),
+            on_reply=lambda connection, reply: convergence.answered(connection),
+        )
+        self.xds = DiscoveryServer(self.cache, proxy_class, self.ready, callbacks)
         self.metrics.registry.register(
             StateCollector(self.ready.is_set, lambda: self.loaded, lambda: self.modules.statuses, self.xds)
         )
         self.tls = ServerTls(settings.tls) if settings.tls else None
         self._tasks: list[asyncio.Task[None]] = []
+        self._built_from: object = None
+        """What the snapshots were last built from: the config and the modules' states."""
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._admin: HttpServer | None = None
@@ -91,7 +99,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._grpc = grpc.aio.server()
+        self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
         self.xds.register(self._grpc)
         xds_address = f"{host_for_url(self.settings.host)}:{self.settings.xds_port}"
         if self.tls is not None:
@@ -123,6 +131,10 @@ class ControlPlane:
             log.warning("modules still being fetched after %.0fs; serving", self.settings.startup_fetch_seconds)
         self.ready.set()
         self._log_summary()
+        # What start-up made lives as long as the server: out of the collector's sight, so that collections
+        # with thousands of streams open scan only what changes. Streams allocate much and keep little.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         for work in (self.source.follow(self.reload), self.modules.run()):
             task = asyncio.create_task(work)
             task.add_done_callback(_report_end)
@@ -193,32 +205,28 @@ class ControlPlane:
         self.cache.set(proxy, self._build(proxy))
 
     def _rebuild(self) -> None:
-        """A new snapshot for every watched class; the cache wakes the streams of those whose version changed."""
-        changed = []
-        for proxy in self.cache.watched_keys():
-            if self.cache.set(proxy, self._build(proxy)):
-                log.info("new config for %s", proxy)
-                changed.append(proxy)
+        """A new snapshot for every watched class; the cache wakes the streams of those whose version changed.
+        A rescan or an event that changed neither the config nor a module's state costs nothing per class."""
+        config, statuses = self.loaded.config, self.modules.statuses
+        built_from = (config, dict(statuses))
+        if built_from == self._built_from:
+            self.convergence.rebuilt((), ())
+            return
+        self._built_from = built_from
+        changed = [p for p in self.cache.watched_keys() if self.cache.set(p, self._build(p))]
+        if changed:
+            # A count: a class is named by labels its proxies chose, of any size.
+            log.info("new config for %d proxy classes", len(changed))
         self.convergence.rebuilt(changed, self.xds.connections.values())
 
-
-class _Events(StreamEvents[ProxyClass]):
-    def __init__(self, plane: ControlPlane) -> None:
-        self._plane = plane
-
-    def admit(self, key: ProxyClass, context: grpc.aio.ServicerContext) -> str | None:
+    def _admit(self, opening: StreamOpening[ProxyClass]) -> None:
         """With mTLS, a proxy asks only as the namespace its certificate names."""
-        tls, trust_domain = self._plane.tls, self._plane.settings.trust_domain
-        if tls is None or not tls.mutual:
-            return None
-        return namespace_refusal(key.namespace, auth_context_uris(context.auth_context()), trust_domain)
-
-    def pushed(self, connection: Connection[ProxyClass], seconds: float) -> None:
-        self._plane.metrics.push_seconds.observe(seconds)
-        self._plane.convergence.pushed(connection)
-
-    def answered(self, connection: Connection[ProxyClass]) -> None:
-        self._plane.convergence.answered(connection, list(self._plane.xds.connections.values()))
+        if self.tls is None or not self.tls.mutual:
+            return
+        uris = auth_context_uris(opening.auth)
+        refusal = namespace_refusal(opening.key.namespace, uris, self.settings.trust_domain)
+        if refusal is not None:
+            raise StreamRefused(refusal)
 
 
 def _report_end(task: asyncio.Task[None]) -> None:

@@ -32,6 +32,7 @@ from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.node import ROUTER_PREFIX, is_gateway
+from controlplane.processes import controlplane_command
 from controlplane.proxy_status import any_nacked, status_table
 from controlplane.render import message_as_dict, resources_as_dict, to_yaml
 from controlplane.serve_settings import ServeSettings
@@ -39,6 +40,7 @@ from controlplane.source.directory import load_directory, missing_roots
 from controlplane.tls import ServerTls, TlsFileError, TlsFiles
 from controlplane.translate.attachment import attachment_report, unattachable_plugins
 from controlplane.translate.resources import TranslateSettings, translate
+from controlplane.workers import run_workers
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
 
@@ -46,6 +48,7 @@ DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expand
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logs.configure(args.log_level, args.log_format)
     return int(args.run(args) or 0)
 
@@ -118,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between pulls of modules with imagePullPolicy Always (0: only on change)",
     )
     serve_cmd.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full rescans")
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the ports (SO_REUSEPORT), each loading the directory: one per core",
+    )
     serve_cmd.set_defaults(run=_serve)
 
     validate_cmd = command("validate", "check config directories; exit 1 when invalid")
@@ -275,8 +284,24 @@ def _serve(args: argparse.Namespace) -> int:
         resync_seconds=args.resync_interval,
     )
     _raise_open_files_limit()
+    if args.workers > 1:
+        return run_workers(args.workers, _worker_command(args.argv))
     _run_until_stopped(serve(settings))
     return 0
+
+
+def _worker_command(argv: list[str]) -> list[str]:
+    """This command line for one worker: the same flags with `--workers 1`."""
+    command: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            command.append(arg)
+    return controlplane_command(*command, "--workers", "1")
 
 
 def _tls_files(args: argparse.Namespace) -> TlsFiles | None:

@@ -1,6 +1,8 @@
-"""How long a change in the config directory takes to reach the fleet: from the first file event of a
-change to the moment the last proxy whose config it changed has answered (ACK or NACK) everything it was
-sent for it. A proxy that disconnects meanwhile no longer counts."""
+"""How long a change takes to reach the fleet, for the metrics. Two clocks:
+- push: from a new snapshot of a proxy's class to the first response of it written to that proxy's stream;
+- change to ACK: from the first file event of a change to the moment the last proxy whose config it changed
+  has answered (ACK or NACK) everything it was sent for it. A proxy that disconnects meanwhile no longer
+  counts; a rescan or a module arriving without a file event is not timed."""
 
 from __future__ import annotations
 
@@ -11,21 +13,31 @@ from typing import Any
 
 from controlplane.xds.connection import Connection
 
+MAX_ROUNDS = 64
+
 
 @dataclass(eq=False)
 class _Round:
     started: float
     waiting: set[int]
-    """Connections (by id) the change was pushed to or is still to be pushed to."""
+    """Connections (by id) the change is to be pushed to, until they have answered it."""
     pushed: set[int] = field(default_factory=set)
 
 
 class Convergence:
-    def __init__(self, observe: Callable[[float], None], clock: Callable[[], float] = time.monotonic) -> None:
-        self._observe = observe
+    def __init__(
+        self,
+        observe_push: Callable[[float], None],
+        observe_change_to_ack: Callable[[float], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._observe_push = observe_push
+        self._observe_change = observe_change_to_ack
         self._clock = clock
         self._changed_at: float | None = None
         self._rounds: list[_Round] = []
+        self._push_pending: dict[int, float] = {}
+        """Per connection (by id), when its class got the snapshot not yet written to it."""
 
     def changed(self) -> None:
         """A file event: the clock starts at the first one not yet loaded."""
@@ -33,32 +45,42 @@ class Convergence:
             self._changed_at = self._clock()
 
     def rebuilt(self, changed_keys: Collection[Hashable], connections: Iterable[Connection[Any]]) -> None:
-        """A reload handed new snapshots to the proxy classes `changed_keys`."""
+        """New snapshots were handed to the proxy classes `changed_keys`."""
+        now = self._clock()
+        waiting = {id(c) for c in connections if c.key in changed_keys}
+        self._push_pending.update(dict.fromkeys(waiting, now))
         started, self._changed_at = self._changed_at, None
         if started is None:
-            return  # a rescan or a module that arrived: no file change to time
-        waiting = {id(c) for c in connections if c.key in changed_keys}
-        if waiting:
+            return
+        if waiting:  # a change no proxy's config saw has nothing to time
             self._rounds.append(_Round(started, waiting))
-        else:
-            self._observe(self._clock() - started)
+            # A stream the change gave nothing new to send never answers it: such rounds end with the
+            # stream, and only so many wait meanwhile.
+            del self._rounds[:-MAX_ROUNDS]
 
-    def pushed(self, connection: Connection[Any]) -> None:
+    def responded(self, connection: Connection[Any]) -> None:
+        """A response was written to the stream."""
+        since = self._push_pending.pop(id(connection), None)
+        if since is None:
+            return
+        self._observe_push(self._clock() - since)
         for round_ in self._rounds:
             if id(connection) in round_.waiting:
                 round_.pushed.add(id(connection))
-        self.answered(connection)
 
-    def answered(self, connection: Connection[Any], open_connections: Collection[Connection[Any]] = ()) -> None:
-        """Called after each ACK or NACK and each push; `open_connections` lets the rounds forget the
-        streams that ended."""
-        done = id(connection) if not any(s.outstanding for s in connection.types.values()) else None
-        open_ids = {id(c) for c in open_connections} if open_connections else None
+    def answered(self, connection: Connection[Any]) -> None:
+        """The proxy ACKed or NACKed a response."""
+        if not any(s.outstanding for s in connection.types.values()):
+            self._forget(id(connection), pushed_only=True)
+
+    def closed(self, connection: Connection[Any]) -> None:
+        self._push_pending.pop(id(connection), None)
+        self._forget(id(connection), pushed_only=False)
+
+    def _forget(self, connection: int, pushed_only: bool) -> None:
         for round_ in list(self._rounds):
-            if done is not None and done in round_.pushed:
-                round_.waiting.discard(done)
-            if open_ids is not None:
-                round_.waiting &= open_ids
+            if not pushed_only or connection in round_.pushed:
+                round_.waiting.discard(connection)
             if not round_.waiting:
                 self._rounds.remove(round_)
-                self._observe(self._clock() - round_.started)
+                self._observe_change(self._clock() - round_.started)

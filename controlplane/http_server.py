@@ -108,8 +108,9 @@ class HttpServer:
     async def start(self) -> None:
         # The TLS handshake is done per connection rather than by the listening socket, so that each new
         # connection takes the certificate files as they are now (rotated ones included).
+        # Workers of `serve --workers N` bind the same port; the kernel spreads the connections.
         self._server = await asyncio.start_server(
-            self._serve, self._host, self._requested_port, limit=self._limits.max_header_bytes
+            self._serve, self._host, self._requested_port, limit=self._limits.max_header_bytes, reuse_port=True
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -144,7 +144,10 @@ def test_mtls_serves_each_proxy_its_own_namespace_only(
     refused = _ask_as(secured, secured.proxy_a, "b")
     assert refused is not None and refused.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "namespace 'a', not 'b'" in (refused.details() or "")
-    assert "proxy 'asking-as-b' refused" in secured.control_plane.process.log()
+    assert (
+        "proxy asking-as-b refused: the client certificate is for namespace 'a', not 'b'"
+        in secured.control_plane.process.log()
+    )
     assert _ask_as(secured, secured.proxy_b, "b") is None
     no_certificate = _ask_as(secured, None, "a")
     assert no_certificate is not None and no_certificate.code() == grpc.StatusCode.UNAVAILABLE
