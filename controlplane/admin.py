@@ -174,7 +174,7 @@ class Metrics:
         )
         self.push_seconds = Histogram(
             "controlplane_xds_push_seconds",
-            "From a config change to its responses handed to one proxy's stream.",
+            "From a new snapshot of a proxy's class to its first response written to that proxy's stream.",
             registry=self.registry,
         )
         self.change_to_ack_seconds = Histogram(

@@ -493,7 +493,7 @@ def run_server(
     capture: str,
     module: str,
 ) -> Row:
-    xds, http = free_port(), free_port()
+    xds, http, admin = free_port(), free_port(), free_port()
     profile = ["-m", "cProfile", "-o", PROFILE] if PROFILE else []
     args = [
         sys.executable,
@@ -509,6 +509,8 @@ def run_server(
         str(xds),
         "--http-port",
         str(http),
+        "--admin-port",
+        str(admin),
         "--cache-dir",
         str(scratch / "cache"),
         "--resync-interval",
@@ -521,7 +523,7 @@ def run_server(
 
     def ready() -> bool:
         try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{http}/ready", timeout=1).status == 200
+            return urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1).status == 200
         except OSError:
             return False
 
