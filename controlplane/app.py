@@ -8,7 +8,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -19,6 +19,7 @@ from controlplane.model import ModuleReady, ModuleStatus, PluginType, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings
+from controlplane.modules.signatures import SignaturePolicy
 from controlplane.modules.store import ModuleStore
 from controlplane.node import proxy_class
 from controlplane.source.directory import LoadedDirectory, load_directory
@@ -43,6 +44,7 @@ class ServeSettings:
     http_port: int = 18001
     translate: TranslateSettings = TranslateSettings()
     modules: ResolverSettings = ResolverSettings()
+    signatures: SignaturePolicy = SignaturePolicy()
     settle: SettleSettings = SettleSettings()
     resync_seconds: float = 30.0
     startup_fetch_seconds: float = 30.0
@@ -144,6 +146,7 @@ class ControlPlane:
     def _load(self, previous: LoadedDirectory, being_written: frozenset[str]) -> LoadedDirectory:
         """On a worker thread: touches no state of the event loop's."""
         loaded = load_directory(list(self.settings.config_dirs), previous, being_written, self._serving_record)
+        loaded = replace(loaded, config=self.settings.signatures.apply(loaded.config))
         record = record_of(loaded.served)
         if record != self._serving_record:
             try:

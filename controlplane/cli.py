@@ -17,16 +17,18 @@ from controlplane.app import ServeSettings, serve
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
-from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
+from controlplane.model import ModuleFailed, ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
-from controlplane.modules.download import FetchSettings
+from controlplane.modules.download import FetchSettings, redact
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
+from controlplane.modules.signatures import SignaturePolicy, load_key_files
 from controlplane.modules.store import ModuleStore
 from controlplane.render import resources_as_dict, to_yaml
 from controlplane.source.directory import load_directory, missing_roots
 from controlplane.source.secrets import DockerConfigError
 from controlplane.translate.resources import TranslateSettings, translate
+from controlplane.verification_keys import InvalidKey
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
 
@@ -125,6 +127,23 @@ def _module_flags(command: argparse.ArgumentParser) -> None:
         metavar="HOST[:PORT]",
         help="a registry reached over plain HTTP; repeatable",
     )
+    command.add_argument(
+        "--verification-key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a PEM public key (cosign.pub) that --require-signatures checks modules with; repeatable",
+    )
+    command.add_argument(
+        "--require-signatures", action="store_true", help="every module must be signed by a --verification-key"
+    )
+    command.add_argument(
+        "--require-signatures-in",
+        action="append",
+        default=[],
+        metavar="NAMESPACE",
+        help="the modules of this namespace's plugins must be signed by a --verification-key; repeatable",
+    )
 
 
 class _UsageError(Exception):
@@ -149,6 +168,20 @@ def _fetch_settings(args: argparse.Namespace) -> FetchSettings:
     )
 
 
+def _signature_policy(args: argparse.Namespace) -> SignaturePolicy:
+    """The policy `_module_flags` give, or a _UsageError."""
+    try:
+        keys = load_key_files(args.verification_key)
+    except InvalidKey as exc:
+        raise _UsageError(f"--verification-key: {exc}") from None
+    required = args.require_signatures or bool(args.require_signatures_in)
+    if keys and not required:
+        raise _UsageError("--verification-key needs --require-signatures or --require-signatures-in NAMESPACE")
+    if required and not keys:
+        raise _UsageError("--require-signatures needs at least one --verification-key FILE to check with")
+    return SignaturePolicy(keys, args.require_signatures, frozenset(args.require_signatures_in))
+
+
 def _labels(text: str) -> dict[str, str]:
     labels: dict[str, str] = {}
     for pair in filter(None, text.split(",")):
@@ -171,6 +204,7 @@ def _serve(args: argparse.Namespace) -> int:
     advertised = _advertised(args.advertise_address or args.host, args.http_port)
     try:
         fetch = _fetch_settings(args)
+        signatures = _signature_policy(args)
     except _UsageError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return 2
@@ -193,6 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
             local_module_dir=args.local_module_dir or cache_dir,
         ),
         modules=ResolverSettings(fetch=fetch, repull_seconds=args.repull_interval),
+        signatures=signatures,
         resync_seconds=args.resync_interval,
     )
     if args.host in ("0.0.0.0", "::") and not args.advertise_address:
@@ -253,18 +288,23 @@ def _diff(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     try:
         fetch = _fetch_settings(args)
+        signatures = _signature_policy(args)
     except _UsageError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return 2
     loaded = load_directory([args.dir])
     for error in loaded.errors:
         print(error, file=sys.stderr)
+    config = signatures.apply(loaded.config)
     settings = TranslateSettings(
         root_namespace=args.root_namespace, module_host=args.advertise_address, module_port=args.http_port
     )
     proxy = ProxyClass(args.namespace, labels_from(args.labels))
-    modules = asyncio.run(_resolve_modules(module_requests(loaded.config), fetch))
-    print(to_yaml(resources_as_dict(translate(loaded.config, proxy, modules, settings))), end="")
+    modules = asyncio.run(_resolve_modules(module_requests(config), fetch))
+    for key, status in modules.items():
+        if isinstance(status, ModuleFailed):  # its plugins get their stand-ins below; say why
+            print(f"module {redact(key.url)}: {status.reason}", file=sys.stderr)
+    print(to_yaml(resources_as_dict(translate(config, proxy, modules, settings))), end="")
     return 1 if loaded.errors else 0
 
 

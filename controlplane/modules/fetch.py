@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 
 from controlplane.model import RegistryCredential
 from controlplane.modules import oci
@@ -40,8 +41,21 @@ async def fetch_module(
         return Fetched(await asyncio.to_thread(_read_file, url[len("file://") :], settings.max_bytes))
     if is_http(url):
         # Unpacking up to --max-module-size is work for a thread too, not for the loop.
-        return Fetched(await asyncio.to_thread(lambda: unpack(_download(url, settings), settings.max_bytes)))
+        return await asyncio.to_thread(_download_module, url, settings)
     return await asyncio.to_thread(oci.pull, url, settings, credentials, known_manifest)
+
+
+def fetch_small(url: str, settings: FetchSettings, max_bytes: int) -> bytes:
+    """Blocking. A small file of a file or http(s) url (a module's detached signature), read as modules are."""
+    if is_local(url):
+        return _read_file(url[len("file://") :], max_bytes)
+    return _download(url, replace(settings, max_bytes=max_bytes))
+
+
+def _download_module(url: str, settings: FetchSettings) -> Fetched:
+    served = _download(url, settings)
+    content = unpack(served, settings.max_bytes)
+    return Fetched(content, as_served=None if content is served else served)
 
 
 def _read_file(path: str, max_bytes: int) -> bytes:

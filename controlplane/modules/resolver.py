@@ -23,6 +23,7 @@ from controlplane.modules.download import FetchFailed, FetchSettings, redact
 from controlplane.modules.fetch import fetch_module, is_local
 from controlplane.modules.index import IndexEntry, ModuleIndex, entry_name, expired
 from controlplane.modules.policy import ModuleRequest
+from controlplane.modules.signatures import check_signatures
 from controlplane.modules.store import ModuleStore
 from controlplane.modules.verify import ModuleRejected, verify_module
 
@@ -273,6 +274,7 @@ async def pull_module(
         sha256 = await asyncio.to_thread(
             verify_module, fetched.content, key.sha256, settings.max_bytes, fetched.digests
         )
+        await asyncio.to_thread(check_signatures, key, fetched, settings, credentials)
     except (FetchFailed, ModuleRejected) as exc:
         return Resolved(ModuleFailed(str(exc)))
     await asyncio.to_thread(store.put, fetched.content)

@@ -32,6 +32,7 @@ from controlplane.model import (
 from controlplane.source.schema import Problem, parse_message
 from controlplane.source.secrets import DOCKER_CONFIG_JSON_TYPE, SECRET_API_VERSIONS, read_pull_secret
 from controlplane.source.yaml_documents import FieldPath, YamlDocument, format_field_path
+from controlplane.verification_keys import InvalidKey, canonical_pem
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,13 @@ def _read_wasm_plugin(
             if not 1 <= port.number <= 65535:
                 problems.append((at + ("match", index, "ports", port_index, "number"), "must be 1 to 65535"))
 
+    verification_key = ""
+    if spec.verification_key:
+        try:
+            verification_key = canonical_pem(spec.verification_key)
+        except InvalidKey as exc:
+            problems.append((at + ("verificationKey",), str(exc)))
+
     url = _resolve_file_url(spec.url, document.path)
     if problems:
         return None, problems
@@ -263,6 +271,7 @@ def _read_wasm_plugin(
             type=PluginType.NETWORK if spec.type == wasmplugin_pb2.NETWORK else PluginType.HTTP,
             source=source,
             image_pull_secret_line=document.line_of(("spec", "imagePullSecret")),
+            verification_key=verification_key,
         ),
         [],
     )

@@ -1,0 +1,132 @@
+"""Signed modules: a module whose key names signers is served only when, for every group of signers, a
+signature by one of its keys verifies and names what was pulled (for OCI, the manifest digest the reference
+resolved to; for http(s) and files, the bytes themselves). The keys come from the plugin's
+`verificationKey` and from the server's policy (`--verification-key`, `--require-signatures`).
+
+A module that fails is rejected like one that fails its sha256: its plugin's failStrategy stand-in serves,
+and the reason says which check failed. A verified module is recorded in the cache index under a key that
+includes its signers, so a restart serves it without checking again unless the keys or the policy changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from controlplane.model import Config, ModuleKey, RegistryCredential
+from controlplane.modules import oci_signatures
+from controlplane.modules.download import Fetched, FetchFailed, FetchSettings, redact
+from controlplane.modules.fetch import fetch_small, is_http, is_local
+from controlplane.modules.signed_claims import SignedClaim, blob_claim
+from controlplane.modules.verify import ModuleRejected
+from controlplane.verification_keys import InvalidKey, canonical_pem, key_id, load_public_key, signature_valid
+
+SIGNATURE_SUFFIX = ".sig"
+"""Where `cosign sign-blob --output-signature` output is looked for, beside an http(s) or file module."""
+MAX_SIGNATURE_FILE_BYTES = 64 * 1024
+
+
+class SignatureRejected(ModuleRejected):
+    """No signature by the required keys verifies for what was pulled; the message says which check failed."""
+
+
+@dataclass(frozen=True)
+class SignaturePolicy:
+    """The server's demand for signed modules, beside each plugin's own `verificationKey`."""
+
+    keys: tuple[str, ...] = ()
+    """Canonical PEM public keys; a module must be signed by one of them where the policy applies."""
+    everywhere: bool = False
+    namespaces: frozenset[str] = frozenset()
+
+    def applies_to(self, namespace: str) -> bool:
+        return bool(self.keys) and (self.everywhere or namespace in self.namespaces)
+
+    def apply(self, config: Config) -> Config:
+        """The config with the policy's keys required of every plugin it covers."""
+        if not self.keys:
+            return config
+        plugins = tuple(
+            replace(p, required_keys=self.keys) if self.applies_to(p.namespace) else p for p in config.plugins
+        )
+        return replace(config, plugins=plugins)
+
+
+def load_key_files(paths: Sequence[str]) -> tuple[str, ...]:
+    """The keys of `--verification-key` files; InvalidKey names the file that is wrong."""
+    keys = []
+    for path in paths:
+        try:
+            keys.append(canonical_pem(Path(path).read_text()))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidKey(f"{path}: cannot read it ({exc})") from None
+        except InvalidKey as exc:
+            raise InvalidKey(f"{path}: {exc}") from None
+    return tuple(dict.fromkeys(keys))
+
+
+def check_signatures(
+    key: ModuleKey, fetched: Fetched, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = ()
+) -> None:
+    """Blocking: from a worker thread. Returns when every group of `key.signers` has signed what was
+    fetched; raises SignatureRejected otherwise."""
+    if not key.signers:
+        return
+    if is_local(key.url) or is_http(key.url):
+        served = fetched.as_served if fetched.as_served is not None else fetched.content
+        pulled = ["sha256:" + hashlib.sha256(served).hexdigest()]
+        claims = _detached(key.url, served, settings)
+    else:
+        # The manifest the reference resolved to first (an image index), then the one it led to.
+        pulled = sorted(("sha256:" + d for d in fetched.digests), key=lambda d: d != fetched.manifest)
+        try:
+            claims = oci_signatures.find_claims(key.url, pulled, settings, credentials)
+        except FetchFailed as exc:
+            raise SignatureRejected(f"signature check failed: cannot read the signatures: {exc}") from None
+        if not claims:
+            raise SignatureRejected(
+                f"signature check failed: no cosign signature for {' or '.join(pulled)}: nothing under the tag "
+                f"{oci_signatures.signature_tag(pulled[0])} nor among its referrers (referrers API or the tag "
+                f"{oci_signatures.referrers_tag(pulled[0])})"
+            )
+    for group in key.signers:
+        _require(group, claims, pulled)
+
+
+def _detached(url: str, served: bytes, settings: FetchSettings) -> list[SignedClaim]:
+    location = signature_url(url)
+    try:
+        signature = fetch_small(location, settings, MAX_SIGNATURE_FILE_BYTES)
+    except FetchFailed as exc:
+        raise SignatureRejected(
+            f"signature check failed: no detached signature at {redact(location)} ({exc})"
+        ) from None
+    return [blob_claim(served, signature, redact(location))]
+
+
+def signature_url(url: str) -> str:
+    """`<url>.sig`: the path gets the suffix, a query or fragment stays where it is."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=parts.path + SIGNATURE_SUFFIX))
+
+
+def _require(group: Iterable[str], claims: list[SignedClaim], pulled: list[str]) -> None:
+    keys = [(key_id(pem), load_public_key(pem)) for pem in group]
+    names = ("the key " if len(keys) == 1 else "any of the keys ") + ", ".join(name for name, _ in keys)
+    by_key = [(name, c) for c in claims for name, k in keys if signature_valid(k, c.signature, c.message)]
+    if not by_key:
+        places = sorted({c.found_at for c in claims})
+        raise SignatureRejected(
+            f"signature check failed: none of the {len(claims)} signature(s) found ({'; '.join(places)}) "
+            f"verifies with {names}"
+        )
+    if not any(c.subjects.intersection(pulled) for _, c in by_key):
+        name, claim = by_key[0]
+        named = ", ".join(sorted(claim.subjects)) or "no image digest"
+        raise SignatureRejected(
+            f"signature check failed: the signature by {name} ({claim.found_at}) is for {named}, "
+            f"not for the pulled {' or '.join(pulled)}"
+        )

@@ -1,0 +1,127 @@
+"""What a signature says it signed, read from the formats cosign writes. Pure functions over bytes and JSON:
+finding them in a registry is `oci_signatures.py`'s job, judging them with keys `signatures.py`'s.
+
+- Simple signing (`cosign sign`, the classic layout): the payload layer's bytes are signed as they are, and
+  name the image in `critical.image.docker-manifest-digest`.
+- Sigstore bundle v0.3 (`cosign sign --new-bundle-format`, cosign 3's default): a DSSE envelope whose
+  payload is an in-toto statement with the `https://sigstore.dev/cosign/sign/v1` predicate, naming the
+  image in `subject[].digest.sha256`; the signature covers DSSE's pre-authentication encoding (PAE) of the
+  payload, not the payload alone.
+- A detached blob signature (`cosign sign-blob`): base64 of the signature over the file's bytes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+SIMPLE_SIGNING_LAYER = "application/vnd.dev.cosign.simplesigning.v1+json"
+SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+COSIGN_SIGNATURE_TYPE = "cosign container image signature"
+BUNDLE_MEDIA_TYPES = frozenset(
+    {"application/vnd.dev.sigstore.bundle.v0.3+json", "application/vnd.dev.sigstore.bundle+json;version=0.3"}
+)
+IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+IN_TOTO_STATEMENT_TYPES = frozenset({"https://in-toto.io/Statement/v1", "https://in-toto.io/Statement/v0.1"})
+COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
+
+
+@dataclass(frozen=True)
+class SignedClaim:
+    """One signature and what it covers."""
+
+    message: bytes
+    """The exact bytes the signature is over."""
+    signature: bytes
+    subjects: frozenset[str]
+    """The digests (`sha256:<hex>`) the signed message names; empty when it names none in a known form."""
+    found_at: str
+    """Where it was found, for messages."""
+
+
+def simple_signing_claim(payload: bytes, signature_b64: str, found_at: str) -> SignedClaim:
+    """A classic cosign signature: a simple-signing payload and its signature annotation (a corrupted one
+    is kept, as a signature that verifies with no key, so that the failure says one was found)."""
+    signature = decode_base64(signature_b64) or b""
+    subjects: frozenset[str] = frozenset()
+    document = _json_object(payload)
+    critical = document.get("critical") if document else None
+    if isinstance(critical, dict) and critical.get("type") == COSIGN_SIGNATURE_TYPE:
+        image = critical.get("image")
+        digest = image.get("docker-manifest-digest") if isinstance(image, dict) else None
+        if isinstance(digest, str):
+            subjects = frozenset({digest})
+    return SignedClaim(payload, signature, subjects, found_at)
+
+
+def bundle_claims(bundle: bytes, found_at: str) -> list[SignedClaim]:
+    """The signatures of a Sigstore bundle's DSSE envelope, each over the envelope's PAE. Statements that
+    are not cosign image signatures (an SBOM or provenance attestation signed with the same key) name no
+    subject here: an attestation is not a signature of the image."""
+    document = _json_object(bundle)
+    envelope = document.get("dsseEnvelope") if document else None
+    if not isinstance(envelope, dict):
+        return []
+    payload_type, payload = envelope.get("payloadType"), decode_base64(envelope.get("payload"))
+    signatures = envelope.get("signatures")
+    if not isinstance(payload_type, str) or payload is None or not isinstance(signatures, list):
+        return []
+    subjects = _statement_subjects(payload) if payload_type == IN_TOTO_PAYLOAD_TYPE else frozenset()
+    message = pre_authentication_encoding(payload_type, payload)
+    claims = []
+    for entry in signatures:
+        signature = decode_base64(entry.get("sig")) if isinstance(entry, dict) else None
+        claims.append(SignedClaim(message, signature or b"", subjects, found_at))
+    return claims
+
+
+def blob_claim(content: bytes, signature_file: bytes, found_at: str) -> SignedClaim:
+    """A `cosign sign-blob` signature file (base64, maybe with a line break) for `content`."""
+    signature = decode_base64(signature_file.decode("ascii", "replace").strip()) or b""
+    return SignedClaim(content, signature, frozenset({"sha256:" + hashlib.sha256(content).hexdigest()}), found_at)
+
+
+def pre_authentication_encoding(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1's PAE: what a DSSE signature covers, so that a payload cannot be replayed as another type."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+
+
+def decode_base64(value: Any) -> bytes | None:
+    """Standard or URL-safe base64 (protobuf JSON accepts both), padded or not; None when it is neither."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip().replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _statement_subjects(payload: bytes) -> frozenset[str]:
+    statement = _json_object(payload)
+    if (
+        not statement
+        or statement.get("_type") not in IN_TOTO_STATEMENT_TYPES
+        or statement.get("predicateType") != COSIGN_SIGN_PREDICATE
+    ):
+        return frozenset()
+    subjects = statement.get("subject")
+    digests = set()
+    for subject in subjects if isinstance(subjects, list) else []:
+        digest = subject.get("digest") if isinstance(subject, dict) else None
+        value = digest.get("sha256") if isinstance(digest, dict) else None
+        if isinstance(value, str):
+            digests.add("sha256:" + value)
+    return frozenset(digests)
+
+
+def _json_object(content: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(content)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
