@@ -8,12 +8,16 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import http.client
 import http.server
+import json
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -30,7 +34,7 @@ from controlplane.modules.store import ModuleStore
 from controlplane.source.directory import load_directory
 from controlplane.verification_keys import canonical_pem
 from tests.cosign import KeyPair, sign_blob, sign_bundle, sign_classic
-from tests.registry import Registry, start_registry
+from tests.registry import OCI_INDEX, Registry, start_registry
 from tests.support import ORDER_MARKER_WASM, RATELIMIT_WASM, wasm_plugin_yaml
 
 MODULE = RATELIMIT_WASM.read_bytes()
@@ -81,6 +85,64 @@ def test_distribution_2_8_has_no_referrers_api_so_the_referrers_tag_is_what_is_r
     assert (
         index is not None and index["manifests"][0]["artifactType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
     )
+
+
+@contextmanager
+def with_referrers_api(registry: Registry, indexes: dict[str, dict[str, Any]]) -> Iterator[str]:
+    """A registry with the OCI 1.1 referrers API cannot run here (distribution 2.8 is what Debian has; zot
+    and distribution 3 are not packaged), so this loopback proxy adds one in front of the real registry:
+    `/v2/<name>/referrers/<digest>` answers the index the test gives, everything else is forwarded. Yields
+    the proxy's `host:port`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if "/referrers/" in self.path:
+                digest = self.path.split("?", 1)[0].rsplit("/", 1)[1]
+                empty = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+                status, content_type, body = 200, OCI_INDEX, json.dumps(indexes.get(digest, empty)).encode()
+            else:
+                upstream = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=10)
+                upstream.request("GET", self.path, headers={"Accept": self.headers.get("Accept", "*/*")})
+                response = upstream.getresponse()
+                status, content_type, body = response.status, response.getheader("Content-Type", ""), response.read()
+                upstream.close()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_registry_with_the_referrers_api_is_asked_there_and_not_under_the_tag(
+    registry: Registry, tmp_path: Path
+) -> None:
+    digest = registry.push("api/p", "1.0", MODULE)
+    sign_bundle(registry, "api/p", digest, KEY)
+    tag = digest.replace(":", "-")
+    index = registry.manifest_or_none("api/p", tag)
+    assert index is not None
+
+    def through_api(listed: dict[str, dict[str, Any]]) -> ModuleStatus:
+        with with_referrers_api(registry, listed) as host:
+            key = signed_key(f"oci://{host}/api/p:1.0", (KEY,))
+            fetch = FetchSettings(insecure_registries=frozenset({host}), retries=0)
+            return asyncio.run(resolve_module(key, ModuleStore(tmp_path / "store"), fetch))
+
+    registry.delete_manifest("api/p", registry.descriptor("api/p", tag)["digest"])
+    assert through_api({digest: index}) == READY, "listed by the API only"
+    registry.push_manifest("api/p", tag, index)
+    assert "no cosign signature" in reason(through_api({})), "the tag is a fallback for registries without the API"
 
 
 @pytest.mark.parametrize("kind", ["ecdsa", "rsa", "ed25519"])
