@@ -20,6 +20,7 @@ from controlplane.diff import compare_in_checkout, diff_configs, render_json, re
 from controlplane.model import ModuleFailed, ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
 from controlplane.modules.download import FetchSettings, redact
+from controlplane.modules.keyless import Identity, InvalidTrustRoot, check_trust_root
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.signatures import SignaturePolicy, load_key_files
@@ -144,6 +145,13 @@ def _module_flags(command: argparse.ArgumentParser) -> None:
         metavar="NAMESPACE",
         help="the modules of this namespace's plugins must be signed by a --verification-key; repeatable",
     )
+    command.add_argument(
+        "--sigstore-trust-root",
+        metavar="FILE",
+        help="Sigstore trusted_root.json: keyless signatures by --certificate-identity are accepted too",
+    )
+    command.add_argument("--certificate-identity", metavar="SUBJECT", help="the keyless signer's identity (SAN)")
+    command.add_argument("--certificate-oidc-issuer", metavar="ISSUER", help="the keyless signer's OIDC issuer")
 
 
 class _UsageError(Exception):
@@ -174,12 +182,31 @@ def _signature_policy(args: argparse.Namespace) -> SignaturePolicy:
         keys = load_key_files(args.verification_key)
     except InvalidKey as exc:
         raise _UsageError(f"--verification-key: {exc}") from None
+    identity = _keyless_identity(args)
     required = args.require_signatures or bool(args.require_signatures_in)
-    if keys and not required:
-        raise _UsageError("--verification-key needs --require-signatures or --require-signatures-in NAMESPACE")
-    if required and not keys:
-        raise _UsageError("--require-signatures needs at least one --verification-key FILE to check with")
-    return SignaturePolicy(keys, args.require_signatures, frozenset(args.require_signatures_in))
+    if (keys or identity) and not required:
+        raise _UsageError(
+            "--verification-key and keyless identities need --require-signatures or --require-signatures-in NAMESPACE"
+        )
+    if required and not (keys or identity):
+        raise _UsageError(
+            "--require-signatures needs at least one --verification-key FILE (or a keyless identity) to check with"
+        )
+    return SignaturePolicy(keys, args.require_signatures, frozenset(args.require_signatures_in), identity)
+
+
+def _keyless_identity(args: argparse.Namespace) -> Identity | None:
+    given = (args.sigstore_trust_root, args.certificate_identity, args.certificate_oidc_issuer)
+    if not any(given):
+        return None
+    if not all(given):
+        raise _UsageError("--sigstore-trust-root, --certificate-identity and --certificate-oidc-issuer go together")
+    try:
+        trust_root = Path(args.sigstore_trust_root).read_text()
+        check_trust_root(trust_root)
+    except (OSError, UnicodeDecodeError, InvalidTrustRoot) as exc:
+        raise _UsageError(f"--sigstore-trust-root: {args.sigstore_trust_root}: {exc}") from None
+    return Identity(args.certificate_oidc_issuer, args.certificate_identity, trust_root)
 
 
 def _labels(text: str) -> dict[str, str]:

@@ -92,8 +92,8 @@ class ModuleKey:
     """`namespace/name` of the plugin's imagePullSecret: a module fetched with one namespace's credentials
     is never handed to a plugin of another namespace that has none."""
     signers: tuple[tuple[str, ...], ...] = ()
-    """PEM public keys, in groups: the module is served only when, for every group, a signature by one of
-    its keys verifies. Part of the key, so a module checked against one set of keys is never handed to a
+    """PEM public keys (or keyless identities), in groups: the module is served only when, for every group,
+    a signature by one of them verifies. Part of the key, so a module checked against one set of keys is never handed to a
     plugin that names others."""
 
 
@@ -123,8 +123,8 @@ class WasmPlugin:
     verification_key: str = ""
     """`verificationKey`: a PEM public key that must have signed the module; empty: none."""
     required_keys: tuple[str, ...] = ()
-    """Keys the server's signature policy demands for this plugin's namespace, one of which must have signed
-    the module; set by that policy, never by the document."""
+    """Signers the server's signature policy demands for this plugin's namespace (PEM keys, a keyless
+    identity), one of which must have signed the module; set by that policy, never by the document."""
 
     @property
     def qualified_name(self) -> str:

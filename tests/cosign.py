@@ -182,6 +182,13 @@ def sign_bundle(
     """Attaches a bundle as cosign's `WriteReferrer` does, and lists it under the referrers tag as
     go-containerregistry does on a registry without the referrers API. Returns the referrer's digest."""
     content = bundle(statement_digest or digest, key, corrupt, predicate_type)
+    return push_bundle(registry, repository, digest, content, predicate_type)
+
+
+def push_bundle(
+    registry: Registry, repository: str, digest: str, content: bytes, predicate_type: str = SIGN_PREDICATE
+) -> str:
+    """Pushes a bundle as a referrer of `digest` and lists it under the referrers tag; returns its digest."""
     layer = registry.push_blob(repository, content)
     config = registry.push_blob(repository, b"{}")
     subject = registry.descriptor(repository, digest)

@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from controlplane.model import Config, ModuleFailed, ModuleKey, ModuleReady, ModuleStatus
 from controlplane.modules.download import FetchSettings
 from controlplane.modules.index import ModuleIndex
+from controlplane.modules.keyless import Identity
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings, resolve_module
 from controlplane.modules.signatures import SignaturePolicy, signature_url
 from controlplane.modules.store import ModuleStore
 from controlplane.source.directory import load_directory
 from controlplane.verification_keys import canonical_pem
-from tests.cosign import KeyPair, sign_blob, sign_bundle, sign_classic
+from tests.cosign import KeyPair, bundle, push_bundle, sign_blob, sign_bundle, sign_classic
 from tests.registry import OCI_INDEX, Registry, start_registry
+from tests.sigstore_instance import SigstoreInstance
 from tests.support import ORDER_MARKER_WASM, RATELIMIT_WASM, wasm_plugin_yaml
 
 MODULE = RATELIMIT_WASM.read_bytes()
@@ -229,9 +231,65 @@ def test_the_plugins_key_and_the_servers_keys_must_each_have_signed(registry: Re
     url = f"oci://{registry.host}/both/p:1.0"
     sign_classic(registry, "both/p", digest, KEY)
     both = signed_key(url, (KEY,), (OTHER_KEY, server_key))
-    assert "verifies with any of the keys sha256:" in reason(resolve(registry, both, tmp_path))
+    assert " or the key sha256:" in reason(resolve(registry, both, tmp_path))
     sign_bundle(registry, "both/p", digest, server_key)
     assert resolve(registry, both, tmp_path) == READY
+
+
+GITHUB = "https://token.actions.githubusercontent.com"
+WORKFLOW = "https://github.com/acme/filters/.github/workflows/release.yml@refs/tags/v1.0"
+
+
+def test_keyless_signatures_need_the_trusted_roots_ca_and_log_and_the_required_identity(
+    registry: Registry, tmp_path: Path
+) -> None:
+    sigstore, elsewhere = SigstoreInstance.create(), SigstoreInstance.create()
+    identity = Identity(GITHUB, WORKFLOW, sigstore.trusted_root())
+    url_of: dict[str, str] = {}
+
+    def outcome(case: str, make: Callable[[str], bytes]) -> ModuleStatus:
+        digest = registry.push(f"keyless/{case}", "1.0", MODULE)
+        push_bundle(registry, f"keyless/{case}", digest, make(digest))
+        url_of[case] = f"oci://{registry.host}/keyless/{case}:1.0"
+        key = ModuleKey(url_of[case], "", "", ((identity.signer(),),))
+        return resolve(registry, key, tmp_path)
+
+    assert outcome("signed", lambda d: sigstore.keyless_bundle(d, WORKFLOW, GITHUB)) == READY
+    other_workflow = WORKFLOW.replace("acme", "mallory")
+    wrong_subject = reason(outcome("subject", lambda d: sigstore.keyless_bundle(d, other_workflow, GITHUB)))
+    assert f"certificate identity {other_workflow} (issuer {GITHUB}) is not the required {WORKFLOW}" in wrong_subject
+    wrong_issuer = reason(outcome("issuer", lambda d: sigstore.keyless_bundle(d, WORKFLOW, "https://accounts.test")))
+    assert "(issuer https://accounts.test) is not the required" in wrong_issuer
+    other_instance = reason(outcome("instance", lambda d: elsewhere.keyless_bundle(d, WORKFLOW, GITHUB)))
+    assert "from a log the trusted root does not list" in other_instance
+    tampered = reason(outcome("tampered", lambda d: sigstore.keyless_bundle(d, WORKFLOW, GITHUB, log_tampered=True)))
+    assert "signed entry timestamp does not verify" in tampered
+    other_digest = "sha256:" + "cd" * 32
+    for_other = reason(outcome("digest", lambda d: sigstore.keyless_bundle(other_digest, WORKFLOW, GITHUB)))
+    assert f"is for {other_digest}, not for the pulled" in for_other
+    # A key-based signature does not satisfy an identity, nor a keyless one a key.
+    assert "verifies with keyless identity" in reason(outcome("key", lambda d: bundle(d, KEY)))
+    keyed = ModuleKey(url_of["signed"], "", "", ((canonical_pem(KEY.public_pem),),))
+    assert "verifies with the key" in reason(resolve(registry, keyed, tmp_path))
+
+
+def test_keyless_flags_go_together_and_the_trust_root_is_checked(registry: Registry, tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "root.json").write_text(SigstoreInstance.create().trusted_root())
+    (tmp_path / "not-a-root.json").write_text("{}")
+    command = [sys.executable, "-m", "controlplane", "render", str(tmp_path / "config"), "--require-signatures"]
+    identity = ["--certificate-identity", WORKFLOW, "--certificate-oidc-issuer", GITHUB]
+    runs = {
+        name: subprocess.run([*command, *flags], capture_output=True, text=True)
+        for name, flags in {
+            "ok": ["--sigstore-trust-root", str(tmp_path / "root.json"), *identity],
+            "no identity": ["--sigstore-trust-root", str(tmp_path / "root.json")],
+            "bad root": ["--sigstore-trust-root", str(tmp_path / "not-a-root.json"), *identity],
+        }.items()
+    }
+    assert runs["ok"].returncode == 0, runs["ok"].stderr
+    assert runs["no identity"].returncode == 2 and "go together" in runs["no identity"].stderr
+    assert runs["bad root"].returncode == 2 and "not a Sigstore trusted root" in runs["bad root"].stderr
 
 
 # --- http(s) and file modules: `cosign sign-blob` ------------------------------------------------------

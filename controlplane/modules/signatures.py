@@ -1,7 +1,8 @@
 """Signed modules: a module whose key names signers is served only when, for every group of signers, a
 signature by one of its keys verifies and names what was pulled (for OCI, the manifest digest the reference
 resolved to; for http(s) and files, the bytes themselves). The keys come from the plugin's
-`verificationKey` and from the server's policy (`--verification-key`, `--require-signatures`).
+`verificationKey` and from the server's policy (`--verification-key`, `--require-signatures`), which may
+also accept a keyless signer (a Sigstore identity, `keyless.py`).
 
 A module that fails is rejected like one that fails its sha256: its plugin's failStrategy stand-in serves,
 and the reason says which check failed. A verified module is recorded in the cache index under a key that
@@ -20,6 +21,7 @@ from controlplane.model import Config, ModuleKey, RegistryCredential
 from controlplane.modules import oci_signatures
 from controlplane.modules.download import Fetched, FetchFailed, FetchSettings, redact
 from controlplane.modules.fetch import fetch_small, is_http, is_local
+from controlplane.modules.keyless import Identity, KeylessRejected, is_keyless, verify_keyless
 from controlplane.modules.signed_claims import SignedClaim, blob_claim
 from controlplane.modules.verify import ModuleRejected
 from controlplane.verification_keys import InvalidKey, canonical_pem, key_id, load_public_key, signature_valid
@@ -38,19 +40,26 @@ class SignaturePolicy:
     """The server's demand for signed modules, beside each plugin's own `verificationKey`."""
 
     keys: tuple[str, ...] = ()
-    """Canonical PEM public keys; a module must be signed by one of them where the policy applies."""
+    """Canonical PEM public keys; a module must be signed by one of them (or by `identity`) where the
+    policy applies."""
     everywhere: bool = False
     namespaces: frozenset[str] = frozenset()
+    identity: Identity | None = None
+    """A keyless signer accepted besides the keys."""
+
+    @property
+    def signers(self) -> tuple[str, ...]:
+        return self.keys + ((self.identity.signer(),) if self.identity else ())
 
     def applies_to(self, namespace: str) -> bool:
-        return bool(self.keys) and (self.everywhere or namespace in self.namespaces)
+        return bool(self.signers) and (self.everywhere or namespace in self.namespaces)
 
     def apply(self, config: Config) -> Config:
-        """The config with the policy's keys required of every plugin it covers."""
-        if not self.keys:
+        """The config with the policy's signers required of every plugin it covers."""
+        if not self.signers:
             return config
         plugins = tuple(
-            replace(p, required_keys=self.keys) if self.applies_to(p.namespace) else p for p in config.plugins
+            replace(p, required_keys=self.signers) if self.applies_to(p.namespace) else p for p in config.plugins
         )
         return replace(config, plugins=plugins)
 
@@ -114,14 +123,28 @@ def signature_url(url: str) -> str:
 
 
 def _require(group: Iterable[str], claims: list[SignedClaim], pulled: list[str]) -> None:
-    keys = [(key_id(pem), load_public_key(pem)) for pem in group]
-    names = ("the key " if len(keys) == 1 else "any of the keys ") + ", ".join(name for name, _ in keys)
+    signers = list(group)
+    keys = [(key_id(pem), load_public_key(pem)) for pem in signers if not is_keyless(pem)]
+    identities = [Identity.from_signer(s) for s in signers if is_keyless(s)]
+    wanted = " or ".join([f"the key {name}" for name, _ in keys] + [str(i) for i in identities])
     by_key = [(name, c) for c in claims for name, k in keys if signature_valid(k, c.signature, c.message)]
+    keyless_failures = []
+    for identity in identities:
+        for claim in claims:
+            if claim.material is None or "publicKey" in claim.material:
+                continue
+            try:
+                verify_keyless(identity, claim.material, claim.signature, claim.message, claim.payload)
+            except KeylessRejected as exc:
+                keyless_failures.append(f"{claim.found_at}: {exc}")
+            else:
+                by_key.append((str(identity), claim))
     if not by_key:
         places = sorted({c.found_at for c in claims})
+        keyless = f"; keyless: {'; '.join(keyless_failures)}" if keyless_failures else ""
         raise SignatureRejected(
             f"signature check failed: none of the {len(claims)} signature(s) found ({'; '.join(places)}) "
-            f"verifies with {names}"
+            f"verifies with {wanted}{keyless}"
         )
     if not any(c.subjects.intersection(pulled) for _, c in by_key):
         name, claim = by_key[0]

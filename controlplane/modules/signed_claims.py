@@ -15,7 +15,8 @@ import base64
 import binascii
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 SIMPLE_SIGNING_LAYER = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -40,6 +41,10 @@ class SignedClaim:
     """The digests (`sha256:<hex>`) the signed message names; empty when it names none in a known form."""
     found_at: str
     """Where it was found, for messages."""
+    material: Mapping[str, Any] | None = field(default=None, repr=False)
+    """A bundle's `verificationMaterial` (certificate, log entries), for keyless signatures."""
+    payload: bytes = field(default=b"", repr=False)
+    """A DSSE envelope's payload, which a transparency log entry records by its hash."""
 
 
 def simple_signing_claim(payload: bytes, signature_b64: str, found_at: str) -> SignedClaim:
@@ -71,10 +76,12 @@ def bundle_claims(bundle: bytes, found_at: str) -> list[SignedClaim]:
         return []
     subjects = _statement_subjects(payload) if payload_type == IN_TOTO_PAYLOAD_TYPE else frozenset()
     message = pre_authentication_encoding(payload_type, payload)
+    material = document.get("verificationMaterial") if document else None
+    material = material if isinstance(material, dict) else None
     claims = []
     for entry in signatures:
         signature = decode_base64(entry.get("sig")) if isinstance(entry, dict) else None
-        claims.append(SignedClaim(message, signature or b"", subjects, found_at))
+        claims.append(SignedClaim(message, signature or b"", subjects, found_at, material, payload))
     return claims
 
 
