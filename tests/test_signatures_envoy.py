@@ -1,5 +1,6 @@
-"""Signed modules seen from a real Envoy: a module signed as cosign signs it runs; an unsigned one, or one
-signed by another key, never reaches Envoy, and the plugin's failStrategy stand-in answers instead. The other
+"""Signed modules seen from a real Envoy: a module signed as cosign signs it (with a key in either layout,
+or keyless) runs; an unsigned one, one signed by another key or by another keyless identity never reaches
+Envoy, and the plugin's failStrategy stand-in answers instead. The other
 ways a signature can be wrong are covered in-process (tests/test_signatures.py): each ends in the same
 stand-in path."""
 
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cosign import KeyPair, sign_bundle, sign_classic
+from tests.cosign import KeyPair, push_bundle, sign_bundle, sign_classic
 from tests.registry import Registry, start_registry
+from tests.sigstore_instance import SigstoreInstance
 from tests.support import Stack
 from tests.test_oci_envoy import MODULE, assert_plugin_runs, limit_plugin, stand_in_answers
 
@@ -77,3 +79,28 @@ def test_a_module_without_a_valid_signature_is_never_served_and_the_stand_in_ans
     assert module["state"] == "failed" and reason in module["reason"], module
     assert "signature check failed" in stack.control_plane.process.log()
     assert not list((stack.config_dir.parent / "cache").glob("*.wasm")), "the unverified module was stored"
+
+
+ISSUER = "https://token.actions.githubusercontent.com"
+WORKFLOW = "https://github.com/acme/filters/.github/workflows/release.yml@refs/tags/v1.0"
+
+
+@pytest.mark.parametrize(("signed_by", "expected"), [(WORKFLOW, "runs"), (WORKFLOW.replace("acme", "mallory"), 403)])
+def test_a_keyless_bundle_runs_only_for_the_required_identity(
+    make_stack: Callable[..., Stack], registry: Registry, tmp_path: Path, signed_by: str, expected: object
+) -> None:
+    sigstore = SigstoreInstance.create()
+    (tmp_path / "trusted_root.json").write_text(sigstore.trusted_root())
+    repository = f"envoy/keyless-{'good' if expected == 'runs' else 'bad'}"
+    digest = registry.push(repository, "1.0", MODULE)
+    push_bundle(registry, repository, digest, sigstore.keyless_bundle(digest, signed_by, ISSUER))
+    policy = ["--sigstore-trust-root", str(tmp_path / "trusted_root.json"), "--require-signatures"]
+    identity = ["--certificate-identity", WORKFLOW, "--certificate-oidc-issuer", ISSUER]
+    stack = make_stack("--insecure-registry", registry.host, *policy, *identity)
+    url = f"oci://{registry.host}/{repository}:1.0"
+    stack.write("limit.yaml", limit_plugin(url))
+    if expected == "runs":
+        assert_plugin_runs(stack)
+    else:
+        stand_in_answers(stack, 403)
+        assert f"certificate identity {signed_by}" in stack.control_plane.module(url)["reason"]
