@@ -56,10 +56,11 @@ class SignaturePolicy:
 
     def apply(self, config: Config) -> Config:
         """The config with the policy's signers required of every plugin it covers."""
-        if not self.signers:
+        signers = self.signers  # one tuple shared by every plugin: a trusted root is kilobytes of text
+        if not signers:
             return config
         plugins = tuple(
-            replace(p, required_keys=self.signers) if self.applies_to(p.namespace) else p for p in config.plugins
+            replace(p, required_keys=signers) if self.applies_to(p.namespace) else p for p in config.plugins
         )
         return replace(config, plugins=plugins)
 
