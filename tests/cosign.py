@@ -22,6 +22,7 @@ import base64
 import datetime
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,20 +99,27 @@ def simple_signing_payload(repository_name: str, digest: str) -> bytes:
 
 
 def sign_classic(
-    registry: Registry, repository: str, digest: str, key: KeyPair, *, payload_digest: str = "", corrupt: bool = False
+    registry: Registry,
+    repository: str,
+    digest: str,
+    key: KeyPair,
+    *,
+    payload_digest: str = "",
+    corrupt: bool = False,
+    keyless: Callable[[bytes, bytes], dict[str, str]] | None = None,
 ) -> str:
     """Signs the manifest `digest` as `cosign sign --key` does; `payload_digest` makes the payload name
-    another manifest (a signature copied from another image); `corrupt` flips a bit of the signature.
-    Returns the signature tag."""
+    another manifest (a signature copied from another image); `corrupt` flips a bit of the signature;
+    `keyless` gives the certificate and Rekor bundle annotations of a keyless signature (from the payload and
+    the signature), as keyless `cosign sign` adds them. Returns the signature tag."""
     payload = simple_signing_payload(f"{registry.host}/{repository}", payload_digest or digest)
     signature = key.sign(payload)
     if corrupt:
         signature = signature[:-1] + bytes([signature[-1] ^ 1])
-    layer = {
-        "mediaType": SIMPLE_SIGNING,
-        **registry.push_blob(repository, payload),
-        "annotations": {"dev.cosignproject.cosign/signature": base64.b64encode(signature).decode()},
-    }
+    annotations = {"dev.cosignproject.cosign/signature": base64.b64encode(signature).decode()}
+    if keyless is not None:
+        annotations |= keyless(payload, signature)
+    layer = {"mediaType": SIMPLE_SIGNING, **registry.push_blob(repository, payload), "annotations": annotations}
     config = compact(
         {
             "architecture": "",

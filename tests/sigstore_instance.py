@@ -12,6 +12,7 @@ import base64
 import datetime
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -127,6 +128,46 @@ class SigstoreInstance:
         )
         return key, cert
 
+    def log_entry(self, body: bytes) -> tuple[int, int, bytes]:
+        """Rekor's integration time, index and signed entry timestamp for an entry body."""
+        integrated_time, log_index = int(datetime.datetime.now(datetime.UTC).timestamp()), 7
+        promised = json.dumps(
+            {"body": b64(body), "integratedTime": integrated_time, "logID": self.log_id.hex(), "logIndex": log_index},
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+        return integrated_time, log_index, self.log_key.sign(promised, ec.ECDSA(hashes.SHA256()))
+
+    def classic_annotations(self, cert: x509.Certificate) -> Callable[[bytes, bytes], dict[str, str]]:
+        """The annotations keyless `cosign sign` (classic layout) puts beside a signature: the certificate
+        and a Rekor bundle whose `hashedrekord` entry records the payload's hash, signature and certificate."""
+
+        def annotate(payload: bytes, signature: bytes) -> dict[str, str]:
+            pem = cert.public_bytes(serialization.Encoding.PEM)
+            body = compact(
+                {
+                    "apiVersion": "0.0.1",
+                    "kind": "hashedrekord",
+                    "spec": {
+                        "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()}},
+                        "signature": {"content": b64(signature), "publicKey": {"content": b64(pem)}},
+                    },
+                }
+            )
+            integrated_time, log_index, timestamp = self.log_entry(body)
+            rekor = {
+                "SignedEntryTimestamp": b64(timestamp),
+                "Payload": {
+                    "body": b64(body),
+                    "integratedTime": integrated_time,
+                    "logIndex": log_index,
+                    "logID": self.log_id.hex(),
+                },
+            }
+            return {"dev.sigstore.cosign/certificate": pem.decode(), "dev.sigstore.cosign/bundle": json.dumps(rekor)}
+
+        return annotate
+
     def keyless_bundle(self, digest: str, subject: str, issuer: str, *, log_tampered: bool = False) -> bytes:
         """What `cosign sign` (keyless, new bundle format) attaches: a DSSE-signed statement, the leaf
         certificate and the log entry with its signed entry timestamp."""
@@ -147,13 +188,7 @@ class SigstoreInstance:
                 },
             }
         )
-        integrated_time, log_index = int(datetime.datetime.now(datetime.UTC).timestamp()), 7
-        promised = json.dumps(
-            {"body": b64(body), "integratedTime": integrated_time, "logID": self.log_id.hex(), "logIndex": log_index},
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
-        timestamp = self.log_key.sign(promised, ec.ECDSA(hashes.SHA256()))
+        integrated_time, log_index, timestamp = self.log_entry(body)
         if log_tampered:
             log_index += 1
         entry = {

@@ -267,6 +267,18 @@ def test_keyless_signatures_need_the_trusted_roots_ca_and_log_and_the_required_i
     other_digest = "sha256:" + "cd" * 32
     for_other = reason(outcome("digest", lambda d: sigstore.keyless_bundle(other_digest, WORKFLOW, GITHUB)))
     assert f"is for {other_digest}, not for the pulled" in for_other
+
+    # The classic layout, as keyless cosign 2 writes it: certificate and Rekor bundle annotations.
+    def classic_keyless(case: str, subject: str) -> ModuleStatus:
+        digest = registry.push(f"keyless/{case}", "1.0", MODULE)
+        leaf_key, cert = sigstore.leaf(subject, GITHUB)
+        keyless = sigstore.classic_annotations(cert)
+        sign_classic(registry, f"keyless/{case}", digest, KeyPair(leaf_key), keyless=keyless)
+        key = ModuleKey(f"oci://{registry.host}/keyless/{case}:1.0", "", "", ((identity.signer(),),))
+        return resolve(registry, key, tmp_path)
+
+    assert classic_keyless("classic", WORKFLOW) == READY
+    assert "is not the required" in reason(classic_keyless("classic-subject", other_workflow))
     # A key-based signature does not satisfy an identity, nor a keyless one a key.
     assert "verifies with keyless identity" in reason(outcome("key", lambda d: bundle(d, KEY)))
     keyed = ModuleKey(url_of["signed"], "", "", ((canonical_pem(KEY.public_pem),),))

@@ -74,7 +74,8 @@ def verify_keyless(
     identity: Identity, material: Mapping[str, Any], signature: bytes, message: bytes, payload: bytes
 ) -> None:
     """Returns when the bundle's `verificationMaterial` proves a keyless signature by `identity` of
-    `message` (a DSSE PAE over `payload`); KeylessRejected otherwise."""
+    `message` (a DSSE PAE over `payload`, or `payload` itself for a classic signature); KeylessRejected
+    otherwise."""
     root = _json(identity.trust_root)
     if root is None:
         raise KeylessRejected("the trusted root is not JSON")
@@ -143,23 +144,33 @@ def _verify_entry(
 
 
 def _records(body: Mapping[str, Any], leaf: x509.Certificate, signature: bytes, payload: bytes) -> bool:
-    """Whether a Rekor `dsse` entry body records `signature` over `payload` by `leaf`."""
+    """Whether a Rekor entry body records `signature` over `payload` by `leaf`: a `dsse` entry (a bundle's
+    DSSE envelope) or a `hashedrekord` one (a classic signature of a simple-signing payload)."""
     spec = body.get("spec")
-    if body.get("kind") != "dsse" or not isinstance(spec, dict):
+    if not isinstance(spec, dict):
         return False
-    payload_hash = spec.get("payloadHash")
-    if not isinstance(payload_hash, dict) or payload_hash.get("value") != hashlib.sha256(payload).hexdigest():
+    leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).strip()
+    payload_hash = hashlib.sha256(payload).hexdigest()
+    if body.get("kind") == "hashedrekord":
+        data, recorded = spec.get("data"), spec.get("signature")
+        hashed = data.get("hash") if isinstance(data, dict) else None
+        key = recorded.get("publicKey") if isinstance(recorded, dict) else None
+        return (
+            isinstance(hashed, dict)
+            and hashed.get("value") == payload_hash
+            and isinstance(recorded, dict)
+            and decode_base64(recorded.get("content")) == signature
+            and isinstance(key, dict)
+            and (decode_base64(key.get("content")) or b"").strip() == leaf_pem
+        )
+    recorded_hash = spec.get("payloadHash")
+    if body.get("kind") != "dsse" or not isinstance(recorded_hash, dict) or recorded_hash.get("value") != payload_hash:
         return False
-    leaf_pem = leaf.public_bytes(serialization.Encoding.PEM)
     for entry in spec.get("signatures") or []:
         if not isinstance(entry, dict):
             continue
         verifier = decode_base64(entry.get("verifier"))
-        if (
-            decode_base64(entry.get("signature")) == signature
-            and verifier is not None
-            and verifier.strip() == leaf_pem.strip()
-        ):
+        if decode_base64(entry.get("signature")) == signature and verifier is not None and verifier.strip() == leaf_pem:
             return True
     return False
 

@@ -63,13 +63,16 @@ def _classic(registry: Repository, digest: str) -> list[SignedClaim]:
         return []
     claims = []
     for layer in _entries(manifest, "layers")[:MAX_SIGNATURES]:
-        annotations = layer.get("annotations")
-        signature = annotations.get(SIGNATURE_ANNOTATION) if isinstance(annotations, dict) else None
-        descriptor = _descriptor(layer)
-        if layer.get("mediaType") != SIMPLE_SIGNING_LAYER or descriptor is None or not isinstance(signature, str):
+        annotations, descriptor = layer.get("annotations"), _descriptor(layer)
+        if (
+            layer.get("mediaType") != SIMPLE_SIGNING_LAYER
+            or descriptor is None
+            or not isinstance(annotations, dict)
+            or not isinstance(annotations.get(SIGNATURE_ANNOTATION), str)
+        ):
             continue
         payload = registry.blob(descriptor, MAX_SIGNATURE_BLOB_BYTES)
-        claims.append(simple_signing_claim(payload, signature, f"tag {tag}"))
+        claims.append(simple_signing_claim(payload, annotations, f"tag {tag}"))
     return claims
 
 

@@ -19,8 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 SIMPLE_SIGNING_LAYER = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+CERTIFICATE_ANNOTATION = "dev.sigstore.cosign/certificate"
+REKOR_BUNDLE_ANNOTATION = "dev.sigstore.cosign/bundle"
 COSIGN_SIGNATURE_TYPE = "cosign container image signature"
 BUNDLE_MEDIA_TYPES = frozenset(
     {"application/vnd.dev.sigstore.bundle.v0.3+json", "application/vnd.dev.sigstore.bundle+json;version=0.3"}
@@ -42,15 +47,17 @@ class SignedClaim:
     found_at: str
     """Where it was found, for messages."""
     material: Mapping[str, Any] | None = field(default=None, repr=False)
-    """A bundle's `verificationMaterial` (certificate, log entries), for keyless signatures."""
+    """A bundle's `verificationMaterial` (certificate, log entries), for keyless signatures; for a classic
+    keyless signature, its certificate and Rekor bundle annotations in that same shape."""
     payload: bytes = field(default=b"", repr=False)
-    """A DSSE envelope's payload, which a transparency log entry records by its hash."""
+    """What a transparency log entry records by its hash: a DSSE envelope's payload, or the simple-signing
+    payload itself."""
 
 
-def simple_signing_claim(payload: bytes, signature_b64: str, found_at: str) -> SignedClaim:
-    """A classic cosign signature: a simple-signing payload and its signature annotation (a corrupted one
-    is kept, as a signature that verifies with no key, so that the failure says one was found)."""
-    signature = decode_base64(signature_b64) or b""
+def simple_signing_claim(payload: bytes, annotations: Mapping[str, Any], found_at: str) -> SignedClaim:
+    """A classic cosign signature: a simple-signing payload and its layer's annotations (a corrupted
+    signature is kept, as one that verifies with no key, so that the failure says one was found)."""
+    signature = decode_base64(annotations.get(SIGNATURE_ANNOTATION)) or b""
     subjects: frozenset[str] = frozenset()
     document = _json_object(payload)
     critical = document.get("critical") if document else None
@@ -59,7 +66,41 @@ def simple_signing_claim(payload: bytes, signature_b64: str, found_at: str) -> S
         digest = image.get("docker-manifest-digest") if isinstance(image, dict) else None
         if isinstance(digest, str):
             subjects = frozenset({digest})
-    return SignedClaim(payload, signature, subjects, found_at)
+    return SignedClaim(payload, signature, subjects, found_at, _classic_material(annotations), payload)
+
+
+def _classic_material(annotations: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A keyless classic signature's certificate (PEM) and Rekor bundle (`SignedEntryTimestamp` and the
+    entry's `body`, `integratedTime`, `logIndex`, hex `logID`) as a bundle's verificationMaterial."""
+    certificate, rekor = annotations.get(CERTIFICATE_ANNOTATION), annotations.get(REKOR_BUNDLE_ANNOTATION)
+    if not isinstance(certificate, str) or not isinstance(rekor, str):
+        return None
+    try:
+        der = x509.load_pem_x509_certificate(certificate.encode()).public_bytes(serialization.Encoding.DER)
+    except ValueError:
+        return None
+    document = _json_object(rekor.encode())
+    entry = document.get("Payload") if document else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("logID"), str):
+        return None
+    try:
+        log_id = bytes.fromhex(entry["logID"])
+    except ValueError:
+        return None
+    return {
+        "certificate": {"rawBytes": base64.b64encode(der).decode()},
+        "tlogEntries": [
+            {
+                "logIndex": str(entry.get("logIndex")),
+                "logId": {"keyId": base64.b64encode(log_id).decode()},
+                "integratedTime": str(entry.get("integratedTime")),
+                "inclusionPromise": {
+                    "signedEntryTimestamp": document.get("SignedEntryTimestamp") if document else None
+                },
+                "canonicalizedBody": entry.get("body"),
+            }
+        ],
+    }
 
 
 def bundle_claims(bundle: bytes, found_at: str) -> list[SignedClaim]:
