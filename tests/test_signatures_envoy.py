@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controlplane.verification_keys import key_id
 from tests.cosign import KeyPair, push_bundle, sign_bundle, sign_classic
 from tests.registry import Registry, start_registry
 from tests.sigstore_instance import SigstoreInstance
@@ -53,8 +54,11 @@ def test_a_module_signed_with_a_bundle_runs_under_the_servers_policy(
     sign_bundle(registry, "envoy/bundle", digest, server_key)
     policy = ["--verification-key", str(tmp_path / "platform.pub"), "--require-signatures-in", "default"]
     stack = make_stack("--insecure-registry", registry.host, *policy)
-    stack.write("limit.yaml", limit_plugin(f"oci://{registry.host}/envoy/bundle:1.0"))
+    url = f"oci://{registry.host}/envoy/bundle:1.0"
+    stack.write("limit.yaml", limit_plugin(url))
     assert_plugin_runs(stack)
+    module = stack.control_plane.module(url)
+    assert module["state"] == "ready" and module["signed_by"] == [f"key {key_id(server_key.public_pem)}"]
 
 
 @pytest.mark.parametrize(

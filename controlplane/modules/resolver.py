@@ -23,7 +23,7 @@ from controlplane.modules.download import FetchFailed, FetchSettings, redact
 from controlplane.modules.fetch import fetch_module, is_local
 from controlplane.modules.index import IndexEntry, ModuleIndex, entry_name, expired
 from controlplane.modules.policy import ModuleRequest
-from controlplane.modules.signatures import check_signatures
+from controlplane.modules.signatures import check_signatures, signer_names
 from controlplane.modules.store import ModuleStore
 from controlplane.modules.verify import ModuleRejected, verify_module
 
@@ -327,6 +327,8 @@ def _module_view(key: ModuleKey, plugins: list[str], status: ModuleStatus | None
         "pull_secret": key.pull_secret,
         "plugins": plugins,
     }
+    if key.signers:  # each entry: who must have signed (one of them); a ready module's signatures verified
+        view["signed_by"] = signer_names(key)
     if isinstance(status, ModuleReady):
         return {**view, "state": "ready", "module_sha256": status.sha256, "size": status.size}
     if isinstance(status, ModuleFailed):

@@ -123,6 +123,14 @@ def signature_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=parts.path + SIGNATURE_SUFFIX))
 
 
+def signer_names(key: ModuleKey) -> list[str]:
+    """For status views: per group of signers, who may sign (`key sha256:...` or a keyless identity)."""
+    return [
+        " or ".join(str(Identity.from_signer(s)) if is_keyless(s) else f"key {key_id(s)}" for s in group)
+        for group in key.signers
+    ]
+
+
 def _require(group: Iterable[str], claims: list[SignedClaim], pulled: list[str]) -> None:
     signers = list(group)
     keys = [(key_id(pem), load_public_key(pem)) for pem in signers if not is_keyless(pem)]
