@@ -105,7 +105,9 @@ class SigstoreInstance:
             }
         )
 
-    def leaf(self, subject: str, issuer: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    def leaf(
+        self, subject: str, issuer: str, code_signing: bool = True
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         """A Fulcio-style short-lived certificate for an OIDC identity."""
         now = datetime.datetime.now(datetime.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
@@ -119,7 +121,12 @@ class SigstoreInstance:
             .not_valid_before(now - datetime.timedelta(minutes=1))
             .not_valid_after(now + datetime.timedelta(minutes=10))
             .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(subject)]), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CODE_SIGNING if code_signing else ExtendedKeyUsageOID.SERVER_AUTH]
+                ),
+                critical=False,
+            )
             .add_extension(
                 x509.UnrecognizedExtension(ISSUER_OID, b"\x0c" + bytes([len(issuer_value)]) + issuer_value),
                 critical=False,
@@ -168,10 +175,12 @@ class SigstoreInstance:
 
         return annotate
 
-    def keyless_bundle(self, digest: str, subject: str, issuer: str, *, log_tampered: bool = False) -> bytes:
+    def keyless_bundle(
+        self, digest: str, subject: str, issuer: str, *, log_tampered: bool = False, code_signing: bool = True
+    ) -> bytes:
         """What `cosign sign` (keyless, new bundle format) attaches: a DSSE-signed statement, the leaf
         certificate and the log entry with its signed entry timestamp."""
-        key, cert = self.leaf(subject, issuer)
+        key, cert = self.leaf(subject, issuer, code_signing)
         payload = in_toto_statement(digest, SIGN_PREDICATE)
         signature = key.sign(pae(IN_TOTO, payload), ec.ECDSA(hashes.SHA256()))
         envelope = {"payload": b64(payload), "payloadType": IN_TOTO, "signatures": [{"sig": b64(signature)}]}

@@ -264,6 +264,8 @@ def test_keyless_signatures_need_the_trusted_roots_ca_and_log_and_the_required_i
     assert "from a log the trusted root does not list" in other_instance
     tampered = reason(outcome("tampered", lambda d: sigstore.keyless_bundle(d, WORKFLOW, GITHUB, log_tampered=True)))
     assert "signed entry timestamp does not verify" in tampered
+    server_cert = reason(outcome("eku", lambda d: sigstore.keyless_bundle(d, WORKFLOW, GITHUB, code_signing=False)))
+    assert "not for code signing" in server_cert
     other_digest = "sha256:" + "cd" * 32
     for_other = reason(outcome("digest", lambda d: sigstore.keyless_bundle(other_digest, WORKFLOW, GITHUB)))
     assert f"is for {other_digest}, not for the pulled" in for_other

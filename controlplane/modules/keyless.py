@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controlplane.modules.signed_claims import decode_base64
 from controlplane.verification_keys import PublicKey, signature_valid
@@ -118,9 +119,10 @@ def _verify_entry(
     records this signature by this certificate."""
     log_id = entry.get("logId")
     key_id = decode_base64(log_id.get("keyId")) if isinstance(log_id, dict) else None
-    log_key = _log_keys(root).get(key_id or b"")
-    if log_key is None:
+    log = _log_keys(root).get(key_id or b"")
+    if log is None:
         raise KeylessRejected("the transparency log entry is from a log the trusted root does not list")
+    log_key, (valid_from, valid_until) = log
     promise = entry.get("inclusionPromise")
     timestamp = decode_base64(promise.get("signedEntryTimestamp")) if isinstance(promise, dict) else None
     body_text = entry.get("canonicalizedBody")
@@ -137,10 +139,16 @@ def _verify_entry(
     ).encode()
     if not signature_valid(log_key, timestamp, promised):
         raise KeylessRejected("the transparency log's signed entry timestamp does not verify")
+    try:
+        integrated = datetime.datetime.fromtimestamp(integrated_time, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise KeylessRejected("the transparency log entry's integration time is out of range") from None
+    if not valid_from <= integrated <= valid_until:
+        raise KeylessRejected("the transparency log's key was not valid when it integrated the entry")
     body = _json((decode_base64(body_text) or b"").decode("utf-8", "replace"))
     if body is None or not _records(body, leaf, signature, payload):
         raise KeylessRejected("the transparency log entry is for another signature")
-    return datetime.datetime.fromtimestamp(integrated_time, datetime.UTC)
+    return integrated
 
 
 def _records(body: Mapping[str, Any], leaf: x509.Certificate, signature: bytes, payload: bytes) -> bool:
@@ -178,6 +186,12 @@ def _records(body: Mapping[str, Any], leaf: x509.Certificate, signature: bytes, 
 def _verify_chain(root: Mapping[str, Any], leaf: x509.Certificate, at: datetime.datetime) -> None:
     if not leaf.not_valid_before_utc <= at <= leaf.not_valid_after_utc:
         raise KeylessRejected("the signing certificate was not valid when the log integrated the signature")
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = x509.ExtendedKeyUsage([])
+    if ExtendedKeyUsageOID.CODE_SIGNING not in usages:
+        raise KeylessRejected("the signing certificate is not for code signing")
     for chain, start, end in _authorities(root):
         if not start <= at <= end:
             continue
@@ -199,8 +213,7 @@ def _identity_of(leaf: x509.Certificate) -> tuple[str, list[str]]:
         except x509.ExtensionNotFound:
             continue
         raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
-        # V2 is a DER UTF8String (tag 12, short length); V1 the bare string.
-        issuer = raw[2:].decode() if oid == OIDC_ISSUER_V2 and raw[:1] == b"\x0c" else raw.decode()
+        issuer = _der_utf8(raw) if oid == OIDC_ISSUER_V2 else raw.decode("utf-8", "replace")
         break
     try:
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -209,6 +222,14 @@ def _identity_of(leaf: x509.Certificate) -> tuple[str, list[str]]:
     subjects = [str(n) for n in names.get_values_for_type(x509.UniformResourceIdentifier)]
     subjects += [str(n) for n in names.get_values_for_type(x509.RFC822Name)]
     return issuer, subjects
+
+
+def _der_utf8(raw: bytes) -> str:
+    """The text of a DER UTF8String (tag 12), in the short or long length form."""
+    if len(raw) < 2 or raw[0] != 0x0C:
+        return ""
+    start = 2 + (raw[1] & 0x7F if raw[1] & 0x80 else 0)
+    return raw[start:].decode("utf-8", "replace")
 
 
 def _authorities(root: Mapping[str, Any]) -> list[tuple[list[x509.Certificate], datetime.datetime, datetime.datetime]]:
@@ -228,8 +249,11 @@ def _authorities(root: Mapping[str, Any]) -> list[tuple[list[x509.Certificate], 
     return found
 
 
-def _log_keys(root: Mapping[str, Any]) -> dict[bytes, PublicKey]:
-    keys: dict[bytes, PublicKey] = {}
+def _log_keys(
+    root: Mapping[str, Any],
+) -> dict[bytes, tuple[PublicKey, tuple[datetime.datetime, datetime.datetime]]]:
+    """Per log id, the log's key and when it was valid."""
+    keys: dict[bytes, tuple[PublicKey, tuple[datetime.datetime, datetime.datetime]]] = {}
     for log in root.get("tlogs") or []:
         log_id = log.get("logId") if isinstance(log, dict) else None
         public_key = log.get("publicKey") if isinstance(log, dict) else None
@@ -242,7 +266,7 @@ def _log_keys(root: Mapping[str, Any]) -> dict[bytes, PublicKey]:
         except ValueError:
             continue
         if isinstance(key, ec.EllipticCurvePublicKey):
-            keys[key_id] = key
+            keys[key_id] = key, _window(public_key.get("validFor") if isinstance(public_key, dict) else None)
     return keys
 
 
