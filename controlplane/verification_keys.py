@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
@@ -29,8 +29,9 @@ def load_public_key(pem: str) -> PublicKey:
         raise InvalidKey("expected a PEM public key (-----BEGIN PUBLIC KEY-----), as cosign.pub holds")
     try:
         key = serialization.load_pem_public_key(text.encode())
-    except (ValueError, TypeError) as exc:
-        raise InvalidKey(f"not a readable PEM public key ({exc})") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        first_sentence = str(exc).split(". ", 1)[0].rstrip(".")  # the rest is ASN.1 detail
+        raise InvalidKey(f"not a readable PEM public key ({first_sentence})") from None
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):
             raise InvalidKey(f"ECDSA key on {key.curve.name}; only P-256 (secp256r1) is accepted")
