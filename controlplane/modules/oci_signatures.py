@@ -9,7 +9,7 @@ it in a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from controlplane.model import RegistryCredential
@@ -43,16 +43,21 @@ def referrers_tag(digest: str) -> str:
 
 
 def find_claims(
-    url: str, digests: Iterable[str], settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = ()
+    url: str,
+    digests: Iterable[str],
+    settings: FetchSettings,
+    credentials: tuple[RegistryCredential, ...] = (),
+    enough: Callable[[list[SignedClaim]], bool] = lambda claims: False,
 ) -> list[SignedClaim]:
-    """Every cosign signature attached to any of `digests` (`sha256:<hex>`, the manifests a pull went
-    through) in the repository of `url`."""
+    """The cosign signatures attached to any of `digests` (`sha256:<hex>`, the manifests a pull went
+    through) in the repository of `url`: the classic layout's first, and the referrers only when `enough`
+    says those do not suffice, which saves a registry that has no referrers two requests per pull."""
     registry = open_repository(url, settings, credentials)
-    claims: list[SignedClaim] = []
-    for digest in digests:
-        claims += _classic(registry, digest)
-        claims += _bundles(registry, digest)
-    return claims
+    digests = list(digests)
+    claims = [claim for digest in digests for claim in _classic(registry, digest)]
+    if claims and enough(claims):
+        return claims
+    return claims + [claim for digest in digests for claim in _bundles(registry, digest)]
 
 
 def _classic(registry: Repository, digest: str) -> list[SignedClaim]:

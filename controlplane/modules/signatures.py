@@ -93,7 +93,9 @@ def check_signatures(
         # The manifest the reference resolved to first (an image index), then the one it led to.
         pulled = sorted(("sha256:" + d for d in fetched.digests), key=lambda d: d != fetched.manifest)
         try:
-            claims = oci_signatures.find_claims(key.url, pulled, settings, credentials)
+            claims = oci_signatures.find_claims(
+                key.url, pulled, settings, credentials, lambda found: _satisfied(key.signers, found, pulled)
+            )
         except FetchFailed as exc:
             raise SignatureRejected(f"signature check failed: cannot read the signatures: {exc}") from None
         if not claims:
@@ -129,6 +131,15 @@ def signer_names(key: ModuleKey) -> list[str]:
         " or ".join(str(Identity.from_signer(s)) if is_keyless(s) else f"key {key_id(s)}" for s in group)
         for group in key.signers
     ]
+
+
+def _satisfied(groups: Iterable[Iterable[str]], claims: list[SignedClaim], pulled: list[str]) -> bool:
+    try:
+        for group in groups:
+            _require(group, claims, pulled)
+    except SignatureRejected:
+        return False
+    return True
 
 
 def _require(group: Iterable[str], claims: list[SignedClaim], pulled: list[str]) -> None:
