@@ -11,7 +11,8 @@ follows cosign's own source (sigstore/cosign):
   predicate in a DSSE envelope inside a Sigstore bundle v0.3, pushed as a referrer manifest (empty config,
   `subject`, `artifactType`) by digest; on a registry without the referrers API the pushing client (go-
   containerregistry) lists it in the image index under the referrers tag `sha256-<hex>`, as done here.
-- `sign_blob`: `cosign sign-blob --key --output-signature`: base64 of the signature over the file.
+- `sign_blob`: `cosign sign-blob --key --output-signature`: base64 of the signature over the file;
+  `blob_bundle`: cosign 3's `sign-blob --key --bundle`, a bundle with a `messageSignature`.
 
 Signature schemes as sigstore/sigstore's signers for cosign keys: ECDSA P-256 and RSA PKCS#1 v1.5 over
 SHA-256, Ed25519 over the message itself."""
@@ -240,3 +241,21 @@ def push_bundle(
 def sign_blob(content: bytes, key: KeyPair) -> bytes:
     """What `cosign sign-blob --key cosign.key --output-signature FILE` writes to FILE."""
     return base64.b64encode(key.sign(content))
+
+
+def blob_bundle(content: bytes, key: KeyPair) -> bytes:
+    """What `cosign sign-blob --key cosign.key --bundle FILE` (cosign 3) writes to FILE without a log entry:
+    a bundle whose `messageSignature` holds the file's digest and the signature over the file."""
+    return compact(
+        {
+            "mediaType": BUNDLE,
+            "verificationMaterial": {"publicKey": {"hint": key.hint()}},
+            "messageSignature": {
+                "messageDigest": {
+                    "algorithm": "SHA2_256",
+                    "digest": base64.b64encode(hashlib.sha256(content).digest()).decode(),
+                },
+                "signature": base64.b64encode(key.sign(content)).decode(),
+            },
+        }
+    )

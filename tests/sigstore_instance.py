@@ -145,22 +145,57 @@ class SigstoreInstance:
         ).encode()
         return integrated_time, log_index, self.log_key.sign(promised, ec.ECDSA(hashes.SHA256()))
 
+    def hashedrekord_body(self, content: bytes, signature: bytes, cert: x509.Certificate) -> bytes:
+        """The Rekor entry of a signature over `content` (a blob, or a classic simple-signing payload)."""
+        return compact(
+            {
+                "apiVersion": "0.0.1",
+                "kind": "hashedrekord",
+                "spec": {
+                    "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(content).hexdigest()}},
+                    "signature": {
+                        "content": b64(signature),
+                        "publicKey": {"content": b64(cert.public_bytes(serialization.Encoding.PEM))},
+                    },
+                },
+            }
+        )
+
+    def keyless_blob_bundle(self, content: bytes, subject: str, issuer: str) -> bytes:
+        """What keyless `cosign sign-blob --bundle` writes: a message signature, the certificate, the entry."""
+        key, cert = self.leaf(subject, issuer)
+        signature = key.sign(content, ec.ECDSA(hashes.SHA256()))
+        body = self.hashedrekord_body(content, signature, cert)
+        integrated_time, log_index, timestamp = self.log_entry(body)
+        entry = {
+            "logIndex": str(log_index),
+            "logId": {"keyId": b64(self.log_id)},
+            "kindVersion": {"kind": "hashedrekord", "version": "0.0.1"},
+            "integratedTime": str(integrated_time),
+            "inclusionPromise": {"signedEntryTimestamp": b64(timestamp)},
+            "canonicalizedBody": b64(body),
+        }
+        return compact(
+            {
+                "mediaType": BUNDLE,
+                "verificationMaterial": {
+                    "certificate": {"rawBytes": b64(cert.public_bytes(serialization.Encoding.DER))},
+                    "tlogEntries": [entry],
+                },
+                "messageSignature": {
+                    "messageDigest": {"algorithm": "SHA2_256", "digest": b64(hashlib.sha256(content).digest())},
+                    "signature": b64(signature),
+                },
+            }
+        )
+
     def classic_annotations(self, cert: x509.Certificate) -> Callable[[bytes, bytes], dict[str, str]]:
         """The annotations keyless `cosign sign` (classic layout) puts beside a signature: the certificate
         and a Rekor bundle whose `hashedrekord` entry records the payload's hash, signature and certificate."""
 
         def annotate(payload: bytes, signature: bytes) -> dict[str, str]:
             pem = cert.public_bytes(serialization.Encoding.PEM)
-            body = compact(
-                {
-                    "apiVersion": "0.0.1",
-                    "kind": "hashedrekord",
-                    "spec": {
-                        "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()}},
-                        "signature": {"content": b64(signature), "publicKey": {"content": b64(pem)}},
-                    },
-                }
-            )
+            body = self.hashedrekord_body(payload, signature, cert)
             integrated_time, log_index, timestamp = self.log_entry(body)
             rekor = {
                 "SignedEntryTimestamp": b64(timestamp),

@@ -34,7 +34,7 @@ from controlplane.modules.signatures import SignaturePolicy, signature_url
 from controlplane.modules.store import ModuleStore
 from controlplane.source.directory import load_directory
 from controlplane.verification_keys import canonical_pem
-from tests.cosign import KeyPair, bundle, push_bundle, sign_blob, sign_bundle, sign_classic
+from tests.cosign import KeyPair, blob_bundle, bundle, push_bundle, sign_blob, sign_bundle, sign_classic
 from tests.registry import OCI_INDEX, Registry, start_registry
 from tests.sigstore_instance import SigstoreInstance
 from tests.support import ORDER_MARKER_WASM, RATELIMIT_WASM, wasm_plugin_yaml
@@ -280,6 +280,13 @@ def test_keyless_signatures_need_the_trusted_roots_ca_and_log_and_the_required_i
         return resolve(registry, key, tmp_path)
 
     assert classic_keyless("classic", WORKFLOW) == READY
+    # A file module with keyless cosign 3's `sign-blob --bundle` beside it.
+    blob_key = ModuleKey(f"file://{tmp_path}/keyless.wasm", "", "", ((identity.signer(),),))
+    (tmp_path / "keyless.wasm").write_bytes(MODULE)
+    for subject, expected in [(other_workflow, "is not the required"), (WORKFLOW, "")]:
+        (tmp_path / "keyless.wasm.sigstore.json").write_bytes(sigstore.keyless_blob_bundle(MODULE, subject, GITHUB))
+        blob_status = resolve(registry, blob_key, tmp_path)
+        assert blob_status == READY if not expected else expected in reason(blob_status)
     assert "is not the required" in reason(classic_keyless("classic-subject", other_workflow))
     # A key-based signature does not satisfy an identity, nor a keyless one a key.
     assert "verifies with keyless identity" in reason(outcome("key", lambda d: bundle(d, KEY)))
@@ -340,9 +347,15 @@ def test_a_detached_blob_signature_is_checked_beside_http_and_file_modules(
         ("other-key.wasm", MODULE, OTHER_KEY),
         ("unsigned.wasm", MODULE, None),
         ("corrupt.wasm", MODULE, "corrupt"),
+        ("bundled.wasm", MODULE, "bundle"),
+        ("bundled-other-key.wasm", MODULE, "bundle by another key"),
     ]:
         (folder / name).write_bytes(content)
-        if signer == "corrupt":
+        if signer == "bundle":
+            (folder / f"{name}.sigstore.json").write_bytes(blob_bundle(content, KEY))
+        elif signer == "bundle by another key":
+            (folder / f"{name}.sigstore.json").write_bytes(blob_bundle(content, OTHER_KEY))
+        elif signer == "corrupt":
             (folder / f"{name}.sig").write_bytes(b"not base64 at all!\n")
         elif isinstance(signer, KeyPair):
             (folder / f"{name}.sig").write_bytes(sign_blob(content, signer))
@@ -359,6 +372,9 @@ def test_a_detached_blob_signature_is_checked_beside_http_and_file_modules(
     assert "verifies with the key" in reason(status("other-key.wasm"))
     assert f"no detached signature at {base}/unsigned.wasm.sig" in reason(status("unsigned.wasm"))
     assert "none of the 1 signature(s) found" in reason(status("corrupt.wasm"))
+    assert status("bundled.wasm") == READY, "cosign 3's sign-blob bundle, when there is no .sig"
+    assert f"{base}/bundled-other-key.wasm.sigstore.json" in reason(status("bundled-other-key.wasm"))
+    assert ".sig (" in reason(status("unsigned.wasm")) and "nor" in reason(status("unsigned.wasm"))
 
 
 def test_the_signature_url_is_the_module_path_with_sig() -> None:

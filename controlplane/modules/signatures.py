@@ -22,12 +22,14 @@ from controlplane.modules import oci_signatures
 from controlplane.modules.download import Fetched, FetchFailed, FetchSettings, redact
 from controlplane.modules.fetch import fetch_small, is_http, is_local
 from controlplane.modules.keyless import Identity, KeylessRejected, is_keyless, verify_keyless
-from controlplane.modules.signed_claims import SignedClaim, blob_claim
+from controlplane.modules.signed_claims import SignedClaim, blob_claim, message_bundle_claims
 from controlplane.modules.verify import ModuleRejected
 from controlplane.verification_keys import InvalidKey, canonical_pem, key_id, load_public_key, signature_valid
 
 SIGNATURE_SUFFIX = ".sig"
 """Where `cosign sign-blob --output-signature` output is looked for, beside an http(s) or file module."""
+BUNDLE_SUFFIX = ".sigstore.json"
+"""Where a `cosign sign-blob --bundle` bundle is looked for when there is no `.sig`."""
 MAX_SIGNATURE_FILE_BYTES = 64 * 1024
 
 
@@ -109,20 +111,28 @@ def check_signatures(
 
 
 def _detached(url: str, served: bytes, settings: FetchSettings) -> list[SignedClaim]:
-    location = signature_url(url)
-    try:
-        signature = fetch_small(location, settings, MAX_SIGNATURE_FILE_BYTES)
-    except FetchFailed as exc:
-        raise SignatureRejected(
-            f"signature check failed: no detached signature at {redact(location)} ({exc})"
-        ) from None
-    return [blob_claim(served, signature, redact(location))]
+    """`<url>.sig`, else the bundle `<url>.sigstore.json`."""
+    failures = []
+    for suffix in (SIGNATURE_SUFFIX, BUNDLE_SUFFIX):
+        location = signature_url(url, suffix)
+        try:
+            found = fetch_small(location, settings, MAX_SIGNATURE_FILE_BYTES)
+        except FetchFailed as exc:
+            failures.append(f"{redact(location)} ({exc})")
+            continue
+        if suffix == SIGNATURE_SUFFIX:
+            return [blob_claim(served, found, redact(location))]
+        claims = message_bundle_claims(served, found, redact(location))
+        if not claims:
+            raise SignatureRejected(f"signature check failed: {redact(location)} is no Sigstore bundle of a blob")
+        return claims
+    raise SignatureRejected(f"signature check failed: no detached signature at {' nor '.join(failures)}")
 
 
-def signature_url(url: str) -> str:
+def signature_url(url: str, suffix: str = SIGNATURE_SUFFIX) -> str:
     """`<url>.sig`: the path gets the suffix, a query or fragment stays where it is."""
     parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(path=parts.path + SIGNATURE_SUFFIX))
+    return urllib.parse.urlunsplit(parts._replace(path=parts.path + suffix))
 
 
 def signer_names(key: ModuleKey) -> list[str]:

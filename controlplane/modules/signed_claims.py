@@ -132,6 +132,24 @@ def blob_claim(content: bytes, signature_file: bytes, found_at: str) -> SignedCl
     return SignedClaim(content, signature, frozenset({"sha256:" + hashlib.sha256(content).hexdigest()}), found_at)
 
 
+def message_bundle_claims(content: bytes, bundle: bytes, found_at: str) -> list[SignedClaim]:
+    """A Sigstore bundle with a `messageSignature` (cosign 3's `sign-blob --bundle`): a signature over the
+    file itself, and the digest of the file it was made for."""
+    document = _json_object(bundle)
+    signed = document.get("messageSignature") if document else None
+    if not isinstance(signed, dict):
+        return []
+    digest = signed.get("messageDigest")
+    subjects: frozenset[str] = frozenset()
+    if isinstance(digest, dict) and digest.get("algorithm") == "SHA2_256":
+        named = decode_base64(digest.get("digest"))
+        subjects = frozenset({"sha256:" + named.hex()}) if named else frozenset()
+    material = document.get("verificationMaterial") if document else None
+    material = material if isinstance(material, dict) else None
+    signature = decode_base64(signed.get("signature")) or b""
+    return [SignedClaim(content, signature, subjects, found_at, material, content)]
+
+
 def pre_authentication_encoding(payload_type: str, payload: bytes) -> bytes:
     """DSSE v1's PAE: what a DSSE signature covers, so that a payload cannot be replayed as another type."""
     kind = payload_type.encode()
