@@ -147,13 +147,16 @@ def start_control_plane(
     *extra: str,
     ports: tuple[int, int] | None = None,
     until: str = "/ready",
+    command_prefix: tuple[str, ...] = (),
 ) -> ControlPlaneProcess:
     """`ports` (xDS, HTTP) start it where an earlier one ran, as a restart does; `until` is the HTTP path
-    that must answer 200 before this returns."""
+    that must answer 200 before this returns; `command_prefix` runs it through another program (such as
+    one that drops privileges)."""
     xds_port, http_port = ports or (free_port(), free_port())
     process = Process(
         f"controlplane-{len(processes)}",
         [
+            *command_prefix,
             sys.executable,
             "-m",
             "controlplane",

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from controlplane.model import Config, ModuleKey, RegistryCredential
 from controlplane.modules import oci_signatures
-from controlplane.modules.download import Fetched, FetchFailed, FetchSettings, redact
+from controlplane.modules.download import Fetched, FetchFailed, FetchSettings
 from controlplane.modules.fetch import fetch_small, is_http, is_local
 from controlplane.modules.keyless import Identity, KeylessRejected, is_keyless, verify_keyless
 from controlplane.modules.signed_claims import SignedClaim, blob_claim, message_bundle_claims
 from controlplane.modules.verify import ModuleRejected
+from controlplane.redaction import redact
 from controlplane.verification_keys import InvalidKey, canonical_pem, key_id, load_public_key, signature_valid
 
 SIGNATURE_SUFFIX = ".sig"
