@@ -16,7 +16,7 @@ from controlplane.verification_keys import key_id
 from tests.cosign import KeyPair, push_bundle, sign_bundle, sign_classic
 from tests.registry import Registry, start_registry
 from tests.sigstore_instance import SigstoreInstance
-from tests.support import Stack
+from tests.support import Stack, wait_for
 from tests.test_oci_envoy import MODULE, assert_plugin_runs, limit_plugin, stand_in_answers
 
 KEY = KeyPair.create()
@@ -78,9 +78,14 @@ def test_a_module_without_a_valid_signature_is_never_served_and_the_stand_in_ans
     stack = make_stack("--insecure-registry", registry.host)
     url = f"oci://{registry.host}/{repository}:1.0"
     stack.write("limit.yaml", with_key(limit_plugin(url, fail_strategy=fail_strategy), KEY))
+    # A FAIL_OPEN stand-in serves while the module is fetched too: wait for the check to fail.
+    wait_for(
+        lambda: [m for m in stack.control_plane.status()["modules"] if m["url"] == url and m["state"] == "failed"],
+        what="the signature check to fail",
+    )
     stand_in_answers(stack, expected)
     module = stack.control_plane.module(url)
-    assert module["state"] == "failed" and reason in module["reason"], module
+    assert reason in module["reason"], module
     assert "signature check failed" in stack.control_plane.process.log()
     assert not list((stack.config_dir.parent / "cache").glob("*.wasm")), "the unverified module was stored"
 
