@@ -12,7 +12,6 @@ import http.client
 import http.server
 import json
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings, resolve_module
 from controlplane.modules.signatures import SignaturePolicy, signature_url
 from controlplane.modules.store import ModuleStore
+from controlplane.processes import controlplane_command
 from controlplane.source.directory import load_directory
 from controlplane.verification_keys import canonical_pem
 from tests.cosign import KeyPair, blob_bundle, bundle, push_bundle, sign_blob, sign_bundle, sign_classic
@@ -298,7 +298,7 @@ def test_keyless_flags_go_together_and_the_trust_root_is_checked(registry: Regis
     (tmp_path / "config").mkdir()
     (tmp_path / "root.json").write_text(SigstoreInstance.create().trusted_root())
     (tmp_path / "not-a-root.json").write_text("{}")
-    command = [sys.executable, "-m", "controlplane", "render", str(tmp_path / "config"), "--require-signatures"]
+    command = controlplane_command("render", str(tmp_path / "config"), "--require-signatures")
     identity = ["--certificate-identity", WORKFLOW, "--certificate-oidc-issuer", GITHUB]
     runs = {
         name: subprocess.run([*command, *flags], capture_output=True, text=True)
@@ -467,7 +467,7 @@ def test_render_says_which_check_failed_and_renders_the_stand_in(registry: Regis
     (config_dir / "p.yaml").write_text(wasm_plugin_yaml("p", f"oci://{registry.host}/render/unsigned:1.0"))
     key_file = tmp_path / "cosign.pub"
     key_file.write_text(KEY.public_pem)
-    command = [sys.executable, "-m", "controlplane", "render", str(config_dir), "--insecure-registry", registry.host]
+    command = controlplane_command("render", str(config_dir), "--insecure-registry", registry.host)
     result = subprocess.run(
         [*command, "--verification-key", str(key_file), "--require-signatures"], capture_output=True, text=True
     )
