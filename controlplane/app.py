@@ -12,7 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -80,6 +80,7 @@ class ControlPlane:
             on_reply=lambda connection, reply: convergence.answered(connection),
         )
         self.xds = DiscoveryServer(self.cache, proxy_class, self.ready, callbacks)
+        self._loaded = LoadedDirectory()
         self.metrics.registry.register(
             StateCollector(self.ready.is_set, lambda: self.loaded, lambda: self.modules.statuses, self.xds)
         )
@@ -95,7 +96,8 @@ class ControlPlane:
 
     @property
     def loaded(self) -> LoadedDirectory:
-        return self.source.loaded
+        """The directory as last loaded, with the server's signature policy applied to its plugins."""
+        return self._loaded
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -164,6 +166,7 @@ class ControlPlane:
     async def reload(self) -> None:
         with self.metrics.reload_seconds.time():
             loaded = await self.source.load()
+        self._loaded = loaded = replace(loaded, config=self.settings.signatures.apply(loaded.config))
         self.modules.require(module_requests(loaded.config))
         self._rebuild()
         if self.ready.is_set():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from controlplane.http_server import HttpLimits
 from controlplane.modules.resolver import ResolverSettings
+from controlplane.modules.signatures import SignaturePolicy
 from controlplane.source.settle import SettleSettings
 from controlplane.tls import TlsFiles
 from controlplane.translate.resources import TranslateSettings
@@ -27,6 +28,7 @@ class ServeSettings:
     http_limits: HttpLimits = HttpLimits()
     translate: TranslateSettings = TranslateSettings()
     modules: ResolverSettings = ResolverSettings()
+    signatures: SignaturePolicy = SignaturePolicy()
     settle: SettleSettings = SettleSettings()
     resync_seconds: float = 30.0
     startup_fetch_seconds: float = 30.0

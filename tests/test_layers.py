@@ -13,7 +13,17 @@ from tests.support import REPO
 PACKAGE = REPO / "controlplane"
 LAYERS: list[set[str]] = [
     {"errors", "model", "api", "redaction", "regular_file", "logs"},
-    {"image_reference", "addresses", "files", "docker_config", "processes", "workers", "tls", "identity"},
+    {
+        "image_reference",
+        "addresses",
+        "files",
+        "docker_config",
+        "processes",
+        "workers",
+        "verification_keys",
+        "tls",
+        "identity",
+    },
     {"source", "modules", "xds"},
     {"translate", "http_server"},
     {"node", "snapshots", "render", "diff", "serve_settings", "convergence"},
