@@ -7,7 +7,6 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -15,12 +14,13 @@ import grpc
 from controlplane.admin import config_view, metrics_text, proxies_view
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpServer
-from controlplane.model import ModuleReady, ModuleStatus, PluginType, ProxyClass
+from controlplane.model import ModuleReady, PluginType, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings
 from controlplane.modules.store import ModuleStore
 from controlplane.node import proxy_class
+from controlplane.plugin_configs import PluginConfigs
 from controlplane.source.directory import LoadedDirectory, load_directory
 from controlplane.source.serving_record import read_record, record_of, write_record
 from controlplane.source.settle import SettleSettings, git_busy, settle
@@ -58,7 +58,11 @@ class ControlPlane:
         self.cache: SnapshotCache[ProxyClass] = SnapshotCache()
         self.cache.on_first_watch = self._build_first
         self.cache.on_last_unwatch = self._forget_class
-        self.store = ModuleStore(self.settings.cache_dir)
+        # Inline delivery sends modules from memory, so that the cache dir is a cache and nothing more.
+        self.store = ModuleStore(
+            self.settings.cache_dir, keep_in_memory=self.settings.translate.module_delivery == "inline"
+        )
+        self.plugin_configs = PluginConfigs(self.settings.translate, self.store.read)
         self.modules = ModuleResolver(
             self.store, ModuleIndex(self.settings.cache_dir), self.settings.modules, self._rebuild
         )
@@ -68,7 +72,6 @@ class ControlPlane:
         self._reload_lock = asyncio.Lock()
         self._serving_record = read_record(self.settings.cache_dir)
         self._tasks: list[asyncio.Task[None]] = []
-        self._inline_modules: dict[str, bytes] = {}
         self._standalone_plugins: dict[ProxyClass, dict[str, PluginType]] = {}
         """Per proxy class on the extension-config service alone, every plugin it was sent: one that goes away
         gets a pass-through config, as its listener keeps naming it. Forgotten when the class's last stream
@@ -163,33 +166,25 @@ class ControlPlane:
 
     def snapshot_for(self, proxy: ProxyClass) -> Snapshot:
         statuses = self.modules.statuses
-        inline: dict[str, bytes] = {}
         retired: dict[str, PluginType] = {}
         if proxy.standalone_ecds:
             plugins = select_plugins(self.loaded.config, proxy, self.settings.translate.root_namespace)
-            if self.settings.translate.module_delivery == "remote":
-                inline = self._module_bytes(statuses.get(p.module) for p in plugins)
             sent = self._standalone_plugins.setdefault(proxy, {})
             current = {ecds_name(p) for p in plugins}
             retired = {name: plugin_type for name, plugin_type in sent.items() if name not in current}
             sent.update({ecds_name(p): p.type for p in plugins})
         resources = translate(
-            self.loaded.config, proxy, statuses, self.settings.translate, inline_modules=inline, retired=retired
+            self.loaded.config,
+            proxy,
+            statuses,
+            self.settings.translate,
+            retired=retired,
+            extension_config=self.plugin_configs.config,
         )
         return Snapshot.of(
-            {CLUSTER: resources.clusters, LISTENER: resources.listeners, EXTENSION_CONFIG: resources.extension_configs}
+            {CLUSTER: resources.clusters, LISTENER: resources.listeners, EXTENSION_CONFIG: resources.extension_configs},
+            make=self.plugin_configs.resource,
         )
-
-    def _module_bytes(self, statuses: Iterable[ModuleStatus | None]) -> dict[str, bytes]:
-        """The verified modules, for proxies on the extension-config service alone: each read from the store
-        once (on the loop: Wasm modules are small next to what the store allows), and kept while in use."""
-        wanted = {s.sha256 for s in statuses if isinstance(s, ModuleReady)}
-        in_use = {s.sha256 for s in self.modules.statuses.values() if isinstance(s, ModuleReady)}
-        for sha256 in set(self._inline_modules) - in_use:
-            del self._inline_modules[sha256]
-        for sha256 in wanted - set(self._inline_modules):
-            self._inline_modules[sha256] = self.store.path(sha256).read_bytes()
-        return {sha256: self._inline_modules[sha256] for sha256 in wanted}
 
     def _forget_class(self, proxy: ProxyClass) -> None:
         self._standalone_plugins.pop(proxy, None)
@@ -198,6 +193,9 @@ class ControlPlane:
         self.cache.set(proxy, self.snapshot_for(proxy))
 
     def _rebuild(self) -> None:
+        statuses = self.modules.statuses
+        self.plugin_configs.retain(self.loaded.config.plugins, statuses)
+        self.store.keep_only(s.sha256 for s in statuses.values() if isinstance(s, ModuleReady))
         for key in self.cache.watched_keys():
             if self.cache.set(key, self.snapshot_for(key)):
                 log.info("new config for %s", key)

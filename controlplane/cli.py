@@ -52,16 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--http-port", type=int, default=18001, help="modules, health and status")
     serve_cmd.add_argument(
         "--advertise-address",
-        help="HOST[:PORT] where the proxies reach --http-port (default: --host); a PORT for a load balancer "
-        "in front of replicas",
+        help="ignored: proxies no longer download modules from --http-port (they come inside the configs)",
     )
     serve_cmd.add_argument("--root-namespace", default="istio-system")
     serve_cmd.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     serve_cmd.add_argument(
         "--module-delivery",
-        choices=["remote", "local"],
-        default="remote",
-        help="remote: proxies download modules from --http-port; local: proxies read "
+        choices=["inline", "local"],
+        default="inline",
+        help="inline: each module travels inside its plugin's config; local: proxies read "
         "them from --local-module-dir, a shared volume holding the cache dir",
     )
     serve_cmd.add_argument("--local-module-dir", help="where the proxies see --cache-dir (default: the same path)")
@@ -92,8 +91,6 @@ def _parser() -> argparse.ArgumentParser:
     render_cmd.add_argument("--namespace", default="default")
     render_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
     render_cmd.add_argument("--root-namespace", default="istio-system")
-    render_cmd.add_argument("--advertise-address", default="127.0.0.1")
-    render_cmd.add_argument("--http-port", type=int, default=18001)
     _module_flags(render_cmd)
     render_cmd.set_defaults(run=_render)
 
@@ -168,7 +165,8 @@ def _host_port(text: str) -> tuple[str, int]:
 
 def _serve(args: argparse.Namespace) -> int:
     cache_dir = os.path.abspath(args.cache_dir)
-    advertised = _advertised(args.advertise_address or args.host, args.http_port)
+    if args.advertise_address:
+        print("controlplane: --advertise-address is ignored: modules come inside the configs", file=sys.stderr)
     try:
         fetch = _fetch_settings(args)
     except _UsageError as exc:
@@ -187,27 +185,14 @@ def _serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         translate=TranslateSettings(
             root_namespace=args.root_namespace,
-            module_host=advertised[0],
-            module_port=advertised[1],
             module_delivery=args.module_delivery,
             local_module_dir=args.local_module_dir or cache_dir,
         ),
         modules=ResolverSettings(fetch=fetch, repull_seconds=args.repull_interval),
         resync_seconds=args.resync_interval,
     )
-    if args.host in ("0.0.0.0", "::") and not args.advertise_address:
-        print("controlplane: --advertise-address is required with --host", args.host, file=sys.stderr)
-        return 2
     asyncio.run(serve(settings))
     return 0
-
-
-def _advertised(address: str, default_port: int) -> tuple[str, int]:
-    """HOST, HOST:PORT, [IPV6] or [IPV6]:PORT; a bare IPv6 address has no port."""
-    host, sep, port = address.rpartition(":")
-    if sep and port.isdigit() and (host.endswith("]") or ":" not in host):
-        return host.strip("[]"), int(port)
-    return address.strip("[]"), default_port
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -259,21 +244,21 @@ def _render(args: argparse.Namespace) -> int:
     loaded = load_directory([args.dir])
     for error in loaded.errors:
         print(error, file=sys.stderr)
-    settings = TranslateSettings(
-        root_namespace=args.root_namespace, module_host=args.advertise_address, module_port=args.http_port
-    )
+    settings = TranslateSettings(root_namespace=args.root_namespace)
     proxy = ProxyClass(args.namespace, labels_from(args.labels))
-    modules = asyncio.run(_resolve_modules(module_requests(loaded.config), fetch))
-    print(to_yaml(resources_as_dict(translate(loaded.config, proxy, modules, settings))), end="")
+    with tempfile.TemporaryDirectory() as scratch:
+        store = ModuleStore(Path(scratch))
+        modules = asyncio.run(_resolve_modules(module_requests(loaded.config), fetch, store))
+        resources = translate(loaded.config, proxy, modules, settings, code=store.read)
+    print(to_yaml(resources_as_dict(resources)), end="")
     return 1 if loaded.errors else 0
 
 
-async def _resolve_modules(requests: list[ModuleRequest], fetch: FetchSettings) -> dict[ModuleKey, ModuleStatus]:
-    """Modules as the server would see them (its flags, the plugins' pull Secrets), fetched into a
-    throwaway store."""
-    with tempfile.TemporaryDirectory() as scratch:
-        store = ModuleStore(Path(scratch))
-        results = await asyncio.gather(*(resolve_module(r.key, store, fetch, r.credentials) for r in requests))
+async def _resolve_modules(
+    requests: list[ModuleRequest], fetch: FetchSettings, store: ModuleStore
+) -> dict[ModuleKey, ModuleStatus]:
+    """Modules as the server would see them (its flags, the plugins' pull Secrets)."""
+    results = await asyncio.gather(*(resolve_module(r.key, store, fetch, r.credentials) for r in requests))
     return {r.key: status for r, status in zip(requests, results, strict=True)}
 
 

@@ -4,18 +4,16 @@ Pure: no I/O, no clock; equal inputs give equal messages."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
     address_pb2,
-    backoff_pb2,
     base_pb2,
     config_source_pb2,
     extension_pb2,
-    http_uri_pb2,
     protocol_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -64,15 +62,21 @@ HTTP_FILTER_TYPES = (type_url(http_wasm_pb2.Wasm), type_url(http_rbac_pb2.RBAC))
 NETWORK_FILTER_TYPES = (type_url(network_wasm_pb2.Wasm), type_url(network_rbac_pb2.RBAC))
 
 
+ModuleDelivery = Literal["inline", "local"]
+
+
 @dataclass(frozen=True)
 class TranslateSettings:
     root_namespace: str = "istio-system"
-    module_host: str = "127.0.0.1"
-    """Where proxies reach the module server."""
-    module_port: int = 18001
-    module_delivery: Literal["remote", "local"] = "remote"
+    module_delivery: ModuleDelivery = "inline"
+    """inline: each module travels inside its plugin's ECDS config; local: as a file name the proxies read
+    from `local_module_dir`."""
     local_module_dir: str = ""
     """With local delivery: the folder where the proxies see the module cache."""
+
+
+ModuleCode = Callable[[str], "bytes | None"]
+"""A verified module's bytes by its sha256; None when they are not at hand."""
 
 
 @dataclass(frozen=True)
@@ -86,38 +90,29 @@ def ecds_name(plugin: WasmPlugin) -> str:
     return ECDS_NAME_PREFIX + plugin.qualified_name
 
 
-def module_path(sha256: str) -> str:
-    """Where the module server serves a module: content-addressed, so caches can never serve a stale one."""
-    return f"/modules/{sha256}.wasm"
-
-
 def translate(
     config: Config,
     proxy: ProxyClass,
     modules: Mapping[ModuleKey, ModuleStatus],
     settings: TranslateSettings,
-    inline_modules: Mapping[str, bytes] | None = None,
+    code: ModuleCode = lambda sha256: None,
     retired: Mapping[str, PluginType] | None = None,
+    extension_config: PluginTranslation | None = None,
 ) -> ProxyResources:
-    """`inline_modules` (module bytes by sha256) are sent inside the configs instead of fetched by Envoy;
-    `retired` names plugins this proxy was sent and that are gone, which then let every request through."""
+    """`code` gives the verified modules' bytes for inline delivery; `retired` names plugins this proxy was
+    sent and that are gone, which then let every request through. `extension_config` makes each plugin's
+    ECDS config (default: `extension_config_for` with these settings and code), so that a caller can share
+    one config between the proxy classes that get the same plugin."""
     sidecar = select_sidecar(config, proxy, settings.root_namespace)
     ports = sidecar.ingress if sidecar else ()
     # Every selected plugin gets its config, used by a listener here or not: a proxy with listeners of
     # its own names the plugins it wants, and a proxy only subscribes to the names it uses.
     plugins = select_plugins(config, proxy, settings.root_namespace)
-    clusters = [_endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
-    clusters += [_upstream_cluster(port) for port in ports]
+    clusters = [_upstream_cluster(port) for port in ports]
     per_port = [[p for p in plugins if plugin_applies_to_port(p, port)] for port in ports]
     listeners = [_listener(port, used) for port, used in zip(ports, per_port, strict=True)]
-    if settings.module_delivery == "remote":
-        for listener, used in zip(listeners, per_port, strict=True):
-            _mark_modules(listener, [modules.get(p.module) for p in used])
-    extension_configs = [
-        config_
-        for config_ in (_extension_config(p, modules.get(p.module), settings, inline_modules or {}) for p in plugins)
-        if config_ is not None
-    ]
+    make = extension_config or (lambda plugin, status: extension_config_for(plugin, status, settings, code))
+    extension_configs = [c for c in (make(p, modules.get(p.module)) for p in plugins) if c is not None]
     extension_configs += [pass_through(name, plugin_type) for name, plugin_type in sorted((retired or {}).items())]
     return ProxyResources(tuple(clusters), tuple(listeners), tuple(extension_configs))
 
@@ -154,19 +149,6 @@ def _listener(port: IngressPort, plugins: list[WasmPlugin]) -> listener_pb2.List
     )
 
 
-MODULES_METADATA = "wasm-controlplane"
-
-
-def _mark_modules(listener: listener_pb2.Listener, statuses: list[ModuleStatus | None]) -> None:
-    """Puts the sha256s of the modules a listener's plugins run into its metadata, so that a module new to
-    Envoy comes with a listener update. Envoy fetches remote code only while a listener warms: an ECDS
-    update to a warm listener registers its fetch with an init manager that has already finished, and the
-    fetch never starts (a stand-in replaced by the real plugin, a plugin moved to a new module)."""
-    shas = sorted({s.sha256 for s in statuses if isinstance(s, ModuleReady)})
-    if shas:
-        listener.metadata.filter_metadata[MODULES_METADATA].update({"modules": shas})
-
-
 def _http_connection_manager(port: IngressPort, plugins: list[WasmPlugin]) -> hcm_pb2.HttpConnectionManager:
     route = route_components_pb2.Route(
         match=route_components_pb2.RouteMatch(prefix="/"),
@@ -201,16 +183,29 @@ def _discovery(type_urls: tuple[str, ...]) -> config_source_pb2.ExtensionConfigS
     )
 
 
-def _extension_config(
-    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, inline_modules: Mapping[str, bytes]
+PluginTranslation = Callable[[WasmPlugin, "ModuleStatus | None"], "extension_pb2.TypedExtensionConfig | None"]
+
+
+def extension_config_for(
+    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, code: ModuleCode
 ) -> extension_pb2.TypedExtensionConfig | None:
-    """None while the module is still being fetched: the listener then waits for this config."""
+    """A plugin's ECDS config. None while the module is still being fetched: the listener then waits for
+    this config. The module goes inside the config (or, with local delivery, its file name), so Envoy
+    builds the new filter before it replaces the old one: no request ever meets a filter without code, and
+    a module Envoy cannot load is a NACK that keeps the old filter. A module whose bytes are not at hand
+    gets the stand-in, never a config without code."""
     if status is None:
         return None
     config = extension_pb2.TypedExtensionConfig(name=ecds_name(plugin))
+    filter_config: Message
     if isinstance(status, ModuleReady):
-        plugin_config = _plugin_config(plugin, status, settings, inline_modules.get(status.sha256))
-        filter_config: Message = (
+        source = _code_source(status.sha256, settings, code)
+        if source is None:
+            status = ModuleFailed(f"module {status.sha256} is no longer at hand")
+    if isinstance(status, ModuleReady):
+        assert source is not None
+        plugin_config = _plugin_config(plugin, status, source)
+        filter_config = (
             http_wasm_pb2.Wasm(config=plugin_config)
             if plugin.type == PluginType.HTTP
             else network_wasm_pb2.Wasm(config=plugin_config)
@@ -219,6 +214,16 @@ def _extension_config(
         filter_config = stand_in_filter(plugin, status)
     config.typed_config.Pack(filter_config, deterministic=True)
     return config
+
+
+def _code_source(sha256: str, settings: TranslateSettings, code: ModuleCode) -> base_pb2.AsyncDataSource | None:
+    if settings.module_delivery == "local":
+        filename = f"{settings.local_module_dir.rstrip('/')}/{sha256}.wasm"
+        return base_pb2.AsyncDataSource(local=base_pb2.DataSource(filename=filename))
+    content = code(sha256)
+    if content is None:
+        return None
+    return base_pb2.AsyncDataSource(local=base_pb2.DataSource(inline_bytes=content))
 
 
 def stand_in_filter(plugin: WasmPlugin, status: ModuleFailed) -> Message:
@@ -252,34 +257,7 @@ _FAILURE_POLICIES = {
 }
 
 
-def _plugin_config(
-    plugin: WasmPlugin, module: ModuleReady, settings: TranslateSettings, inline: bytes | None
-) -> wasm_pb2.PluginConfig:
-    if inline is not None:
-        code = base_pb2.AsyncDataSource(local=base_pb2.DataSource(inline_bytes=inline))
-    elif settings.module_delivery == "local":
-        code = base_pb2.AsyncDataSource(
-            local=base_pb2.DataSource(filename=f"{settings.local_module_dir.rstrip('/')}/{module.sha256}.wasm")
-        )
-    else:
-        code = base_pb2.AsyncDataSource(
-            remote=base_pb2.RemoteDataSource(
-                http_uri=http_uri_pb2.HttpUri(
-                    uri=f"http://{host_for_url(settings.module_host)}:{settings.module_port}{module_path(module.sha256)}",
-                    cluster=MODULE_CLUSTER,
-                    timeout=duration_pb2.Duration(seconds=30),
-                ),
-                sha256=module.sha256,
-                # Envoy fetches remote code once per config; retrying covers a module server restarting.
-                retry_policy=base_pb2.RetryPolicy(
-                    num_retries=wrappers_pb2.UInt32Value(value=10),
-                    retry_back_off=backoff_pb2.BackoffStrategy(
-                        base_interval=duration_pb2.Duration(nanos=500_000_000),
-                        max_interval=duration_pb2.Duration(seconds=5),
-                    ),
-                ),
-            )
-        )
+def _plugin_config(plugin: WasmPlugin, module: ModuleReady, code: base_pb2.AsyncDataSource) -> wasm_pb2.PluginConfig:
     # One VM per module: with remote code and one shared (empty) vm_id, Envoy 1.40 can run a plugin with
     # another plugin's module on the same listener. Plugins of one module still share their VM.
     vm_config = wasm_pb2.VmConfig(vm_id=module.sha256, runtime=V8_RUNTIME, code=code)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
@@ -70,8 +70,11 @@ class Snapshot:
     by_type: Mapping[str, Resources]
 
     @staticmethod
-    def of(messages_by_type: Mapping[str, Iterable[Message]]) -> Snapshot:
-        return Snapshot({t: Resources.of(make_resource(m) for m in ms) for t, ms in messages_by_type.items()})
+    def of(
+        messages_by_type: Mapping[str, Iterable[Message]], make: Callable[[Message], Resource] = make_resource
+    ) -> Snapshot:
+        """`make` may return a resource made before for the same message, so that snapshots share it."""
+        return Snapshot({t: Resources.of(make(m) for m in ms) for t, ms in messages_by_type.items()})
 
     def resources(self, type_url: str) -> Resources:
         return self.by_type.get(type_url, EMPTY)
