@@ -20,6 +20,7 @@ from controlplane.diff import compare_in_checkout, diff_configs, render_json, re
 from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
 from controlplane.modules.download import FetchSettings
+from controlplane.modules.fetch import oversized_local_modules
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
@@ -77,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     validate_cmd = commands.add_parser("validate", help="check config directories; exit 1 when invalid")
     validate_cmd.add_argument("dirs", nargs="+")
     validate_cmd.add_argument("--format", choices=["text", "json"], default="text")
+    validate_cmd.add_argument(
+        "--max-module-size", type=int, default=FetchSettings.max_bytes, help="bytes; checked for file:// modules"
+    )
     validate_cmd.set_defaults(run=_validate)
 
     diff_cmd = commands.add_parser("diff", help="per proxy class, the plugins and filter orders that change")
@@ -201,15 +205,16 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"controlplane: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return 2
     loaded = load_directory(args.dirs)
+    errors = sorted(loaded.errors + tuple(oversized_local_modules(loaded.config.plugins, args.max_module_size)))
     for warning in loaded.warnings:  # worth a look, not a reason to fail a commit
         print(f"warning: {warning}", file=sys.stderr)
     if args.format == "json":
-        print(json.dumps([dataclasses.asdict(e) for e in loaded.errors], indent=2))
-        return 1 if loaded.errors else 0
-    for error in loaded.errors:
+        print(json.dumps([dataclasses.asdict(e) for e in errors], indent=2))
+        return 1 if errors else 0
+    for error in errors:
         print(error, file=sys.stderr)
     plugins, sidecars = len(loaded.config.plugins), len(loaded.config.sidecars)
-    if loaded.errors:
+    if errors:
         return 1
     print(f"ok: {plugins} WasmPlugin(s), {sidecars} Sidecar(s) in {len(loaded.files)} file(s)")
     return 0

@@ -28,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
+from controlplane.app import ControlPlane, ServeSettings
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.http_server import HttpServer
 from controlplane.model import Config, ModuleReady, ModuleStatus, ProxyClass
@@ -58,8 +58,10 @@ from tests.support import (
     ORDER_MARKER_WASM,
     RATELIMIT_WASM,
     Process,
+    Traffic,
     free_port,
     http_get,
+    padded,
     sidecar_yaml,
     start_httpbin,
     wait_for,
@@ -69,24 +71,8 @@ from tests.support import (
 OPTIONS = ("today", "versioned", "inline", "local")
 PROXY = ProxyClass("default", (("app", "bench"),))
 MODULE_CLUSTER = "wasm-modules"
+MIB = 1024 * 1024
 MARKER_HEADER = "x-plugin-order"
-
-
-def padded(module: bytes, size: int, seed: str) -> bytes:
-    """`module` with a custom section that brings it to about `size` bytes; `seed` makes another sha256."""
-    name = b"bench-padding"
-    payload = (seed.encode() * (size // max(1, len(seed)) + 1))[: max(0, size - len(module))]
-    body = _leb128(len(name)) + name + payload
-    return module + b"\x00" + _leb128(len(body)) + body
-
-
-def _leb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def rss_kib(pid: int | str = "self") -> int:
@@ -257,39 +243,6 @@ def plane(store: ModuleStore) -> Iterator[Plane]:
         thread.join(10)
 
 
-class Load:
-    """Two threads sending requests on new connections; each response classified."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.counts: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                response = http_get(self.port, timeout=5)
-            except (OSError, http.client.HTTPException):
-                self.counts["connection error"] += 1
-                continue
-            marker = response.headers.get(MARKER_HEADER)
-            if response.status == 200:
-                self.counts[f"plugin {marker}" if marker else "WITHOUT THE PLUGIN"] += 1
-            else:
-                self.counts[str(response.status)] += 1
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-
 def run_option(option: str, size: int, protocol: str, work: Path, httpbin_port: int) -> dict[str, Any]:
     store = ModuleStore(work / "cache", keep_in_memory=option == "inline")
     modules = {
@@ -366,7 +319,7 @@ def run_option(option: str, size: int, protocol: str, work: Path, httpbin_port: 
             keep_alive.getresponse().read()
             stats_before = envoy_stats(admin)
             sent_before, served_before = server.xds.bytes_sent, CountingHttp.module_bytes
-            with Load(listen_port) as load:
+            with Traffic(listen_port, MARKER_HEADER) as load:
                 time.sleep(1)
                 started = time.monotonic()
                 server.set(snapshot(config_for("v2")))
@@ -399,6 +352,32 @@ def run_option(option: str, size: int, protocol: str, work: Path, httpbin_port: 
             envoy.stop()
 
 
+def label_sets_memory(label_sets: int, size: int, work: Path) -> dict[str, Any]:
+    """The control plane's memory for proxies of `label_sets` label sets on the extension-config service
+    alone, all selected by one plugin whose module is `size` bytes: in process, without Envoy."""
+    config = work / "config"
+    config.mkdir()
+    module = work / "module.wasm"
+    module.write_bytes(padded(RATELIMIT_WASM.read_bytes(), size, "shared"))
+    (config / "plugin.yaml").write_text(wasm_plugin_yaml("limit", f"file://{module}", plugin_name="limit"))
+
+    async def measure() -> dict[str, Any]:
+        plane = ControlPlane(ServeSettings(config_dirs=(str(config),), cache_dir=str(work / "cache")))
+        await plane.reload()
+        await plane.modules.settled()
+        plane.snapshot_for(ProxyClass("default", (), standalone_ecds=True))
+        before = rss_kib()
+        for index in range(label_sets):  # as streams of that many label sets would
+            plane.cache.watch(ProxyClass("default", (("pod", f"p{index}"),), standalone_ecds=True), lambda: None)
+        return {
+            "label_sets": label_sets,
+            "module_mib": round(size / MIB, 1),
+            "control_plane_rss_growth_mib": round((rss_kib() - before) / 1024),
+        }
+
+    return asyncio.run(measure())
+
+
 def envoy_stats(admin_port: int) -> dict[str, int]:
     result = {}
     for line in http_get(admin_port, "/stats").body.decode().splitlines():
@@ -422,11 +401,21 @@ def keep_alive_survives(connection: http.client.HTTPConnection) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("options", nargs="*", default=list(OPTIONS), choices=[[], *OPTIONS])
+    parser.add_argument("options", nargs="*", metavar="OPTION", help=f"any of {', '.join(OPTIONS)} (default: all)")
     parser.add_argument("--size-mb", type=float, default=10.0)
     parser.add_argument("--protocol", choices=["sotw", "delta"], default="delta")
+    parser.add_argument(
+        "--label-sets", type=int, help="instead: the memory for ECDS-only proxies of this many label sets"
+    )
     args = parser.parse_args()
+    if args.label_sets:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = label_sets_memory(args.label_sets, int(args.size_mb * MIB), Path(tmp))
+        print(yaml.safe_dump(result, sort_keys=False), flush=True)
+        return
     options = args.options or list(OPTIONS)
+    if unknown := set(options) - set(OPTIONS):
+        parser.error(f"unknown option {', '.join(sorted(unknown))}; choose from {', '.join(OPTIONS)}")
     if len(options) > 1:
         # One process per option, so that each one's memory figure is its own.
         for option in options:
@@ -438,7 +427,7 @@ def main() -> None:
         try:
             work = Path(tmp) / options[0]
             work.mkdir()
-            result = run_option(options[0], int(args.size_mb * 1024 * 1024), args.protocol, work, httpbin_port)
+            result = run_option(options[0], int(args.size_mb * MIB), args.protocol, work, httpbin_port)
             print(yaml.safe_dump(result, sort_keys=False), flush=True)
         finally:
             httpbin.stop()

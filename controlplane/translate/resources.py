@@ -199,31 +199,28 @@ def extension_config_for(
     config = extension_pb2.TypedExtensionConfig(name=ecds_name(plugin))
     filter_config: Message
     if isinstance(status, ModuleReady):
-        source = _code_source(status.sha256, settings, code)
-        if source is None:
-            status = ModuleFailed(f"module {status.sha256} is no longer at hand")
-    if isinstance(status, ModuleReady):
-        assert source is not None
-        plugin_config = _plugin_config(plugin, status, source)
-        filter_config = (
-            http_wasm_pb2.Wasm(config=plugin_config)
-            if plugin.type == PluginType.HTTP
-            else network_wasm_pb2.Wasm(config=plugin_config)
-        )
+        wasm = http_wasm_pb2.Wasm() if plugin.type == PluginType.HTTP else network_wasm_pb2.Wasm()
+        # Filled in place: a module of many megabytes is copied into the message once.
+        if _set_code(wasm.config.vm_config.code, status.sha256, settings, code):
+            _fill_plugin_config(wasm.config, plugin, status)
+            filter_config = wasm
+        else:
+            filter_config = stand_in_filter(plugin, ModuleFailed(f"module {status.sha256} is no longer at hand"))
     else:
         filter_config = stand_in_filter(plugin, status)
     config.typed_config.Pack(filter_config, deterministic=True)
     return config
 
 
-def _code_source(sha256: str, settings: TranslateSettings, code: ModuleCode) -> base_pb2.AsyncDataSource | None:
+def _set_code(target: base_pb2.AsyncDataSource, sha256: str, settings: TranslateSettings, code: ModuleCode) -> bool:
     if settings.module_delivery == "local":
-        filename = f"{settings.local_module_dir.rstrip('/')}/{sha256}.wasm"
-        return base_pb2.AsyncDataSource(local=base_pb2.DataSource(filename=filename))
+        target.local.filename = f"{settings.local_module_dir.rstrip('/')}/{sha256}.wasm"
+        return True
     content = code(sha256)
     if content is None:
-        return None
-    return base_pb2.AsyncDataSource(local=base_pb2.DataSource(inline_bytes=content))
+        return False
+    target.local.inline_bytes = content
+    return True
 
 
 def stand_in_filter(plugin: WasmPlugin, status: ModuleFailed) -> Message:
@@ -257,24 +254,22 @@ _FAILURE_POLICIES = {
 }
 
 
-def _plugin_config(plugin: WasmPlugin, module: ModuleReady, code: base_pb2.AsyncDataSource) -> wasm_pb2.PluginConfig:
-    # One VM per module: with remote code and one shared (empty) vm_id, Envoy 1.40 can run a plugin with
-    # another plugin's module on the same listener. Plugins of one module still share their VM.
-    vm_config = wasm_pb2.VmConfig(vm_id=module.sha256, runtime=V8_RUNTIME, code=code)
+def _fill_plugin_config(config: wasm_pb2.PluginConfig, plugin: WasmPlugin, module: ModuleReady) -> None:
+    config.name = plugin.qualified_name
+    config.root_id = plugin.plugin_name
+    config.failure_policy = _FAILURE_POLICIES[plugin.fail_strategy]
+    vm_config = config.vm_config
+    # One VM per module: with one shared (empty) vm_id, Envoy 1.40 can run a plugin with another plugin's
+    # module on the same listener. Plugins of one module still share their VM.
+    vm_config.vm_id = module.sha256
+    vm_config.runtime = V8_RUNTIME
     if plugin.env:
         vm_config.environment_variables.host_env_keys.extend(e.name for e in plugin.env if e.from_host)
         for env in plugin.env:
             if not env.from_host:
                 vm_config.environment_variables.key_values[env.name] = env.value
-    config = wasm_pb2.PluginConfig(
-        name=plugin.qualified_name,
-        root_id=plugin.plugin_name,
-        vm_config=vm_config,
-        failure_policy=_FAILURE_POLICIES[plugin.fail_strategy],
-    )
     if plugin.plugin_config:
         config.configuration.Pack(wrappers_pb2.StringValue(value=plugin.plugin_config))
-    return config
 
 
 def _typed_filter(name: str, message: Message) -> listener_components_pb2.Filter:

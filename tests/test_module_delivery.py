@@ -1,0 +1,224 @@
+"""How modules reach Envoy: an upgrade under load lets no request past a FAIL_CLOSE plugin and drains no
+connection; a module too large for Envoy's remote fetch still runs and `validate` shows our own limit; a
+proxy that connects after the cache dir is gone, and cache-dir faults of every kind, change nothing of
+what runs; the extension-config service holds one copy of a module however many label sets it serves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.app import ControlPlane, ServeSettings
+from controlplane.model import ProxyClass
+from controlplane.xds.snapshot import EXTENSION_CONFIG
+from tests.support import (
+    BOTH_PROTOCOLS,
+    ORDER_MARKER_WASM,
+    RATELIMIT_WASM,
+    Process,
+    Stack,
+    Traffic,
+    burst,
+    free_port,
+    http_get,
+    padded,
+    sidecar_yaml,
+    start_control_plane,
+    start_envoy,
+    wait_for,
+    wasm_plugin_yaml,
+)
+
+MARKER = "x-plugin-order"
+MIB = 1024 * 1024
+RATELIMIT_FILTER = "extensions.istio.io/wasmplugin/default.ratelimit"
+# Root without CAP_DAC_OVERRIDE and friends: file permissions then hold for the control plane, as they do
+# for a server that does not run as root.
+WITHOUT_CAPABILITIES = ("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--")
+
+
+def marker(path: Path, name: str) -> str:
+    return wasm_plugin_yaml(
+        "marker", f"file://{path}", selector={"app": "httpbin"}, plugin_name="marker", config={"name": name}
+    )
+
+
+def ratelimit(path: Path, requests_per_second: int = 1000, selector: dict[str, str] | None = None) -> str:
+    return wasm_plugin_yaml(
+        "ratelimit",
+        f"file://{path}",
+        selector=selector,
+        plugin_name="ratelimit",
+        config={"requests_per_second": requests_per_second},
+    )
+
+
+@BOTH_PROTOCOLS
+def test_a_module_upgrade_under_load_lets_nothing_past_the_plugin_and_drains_no_connection(
+    stack: Stack, tmp_path: Path
+) -> None:
+    v1, v2 = tmp_path / "v1.wasm", tmp_path / "v2.wasm"
+    v1.write_bytes(padded(ORDER_MARKER_WASM.read_bytes(), 10 * MIB, "v1"))
+    v2.write_bytes(padded(ORDER_MARKER_WASM.read_bytes(), 10 * MIB, "v2"))
+    stack.write("marker.yaml", marker(v1, "v1"))
+    wait_for(lambda: http_get(stack.port).headers.get(MARKER) == "v1", 60, what="the first module to run")
+    keep_alive = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=5)
+    keep_alive.request("GET", "/get")
+    keep_alive.getresponse().read()
+    listeners_modified = stack.envoy.stats().get("listener_manager.listener_modified", 0)
+
+    with Traffic(stack.port, MARKER) as traffic:
+        wait_for(lambda: traffic.counts["plugin v1"] >= 10, what="traffic through the first module")
+        stack.write("marker.yaml", marker(v2, "v2"))
+        wait_for(lambda: traffic.counts["plugin v2"] >= 20, 90, what="traffic through the new module")
+    assert set(traffic.counts) == {"plugin v1", "plugin v2"}, f"every request met the plugin: {traffic.counts}"
+    assert stack.envoy.stats().get("listener_manager.listener_modified", 0) == listeners_modified
+    keep_alive.request("GET", "/get")
+    response = keep_alive.getresponse()
+    response.read()
+    assert response.status == 200 and response.getheader(MARKER) == "v2"
+    assert response.getheader("connection", "").lower() != "close", "the listener was not drained"
+    keep_alive.close()
+
+
+def test_a_module_over_envoys_remote_code_limit_runs(stack: Stack, tmp_path: Path) -> None:
+    # Envoy buffers a remote fetch to at most 32 MiB (its async HTTP client's response limit); a module
+    # inside the config has no such limit.
+    big = tmp_path / "big.wasm"
+    big.write_bytes(padded(RATELIMIT_WASM.read_bytes(), 33 * MIB, "big"))
+    stack.write("ratelimit.yaml", ratelimit(big, selector={"app": "httpbin"}))
+    wait_for(lambda: "who-am-i" in http_get(stack.port).headers, 120, what="the 33 MiB module to run")
+    module = stack.control_plane.module(f"file://{big}")
+    assert module["state"] == "ready" and module["size"] == big.stat().st_size
+
+
+def test_validate_shows_a_module_over_the_size_limit_at_its_plugin(tmp_path: Path) -> None:
+    module = tmp_path / "plugin.wasm"
+    module.write_bytes(padded(RATELIMIT_WASM.read_bytes(), 64 * 1024, "x"))
+    config = tmp_path / "config"
+    config.mkdir()
+    path = config / "ratelimit.yaml"
+    path.write_text(ratelimit(module))
+
+    def validate(*flags: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "controlplane", "validate", str(config), *flags]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    assert validate().returncode == 0
+    refused = validate("--max-module-size", "32768")
+    assert refused.returncode == 1
+    size = module.stat().st_size
+    assert f"{path}:1: spec.url: module {module} is {size} bytes, over the limit of 32768" in refused.stderr
+
+
+def test_a_proxy_that_connects_after_the_cache_dir_is_deleted_runs_the_plugin(
+    stack: Stack, tmp_path: Path, processes: list[Process], httpbin_port: int
+) -> None:
+    other_port = free_port()
+    stack.write("other-sidecar.yaml", sidecar_yaml("other", other_port, httpbin_port, {"app": "other"}))
+    stack.write("ratelimit.yaml", ratelimit(RATELIMIT_WASM))
+    wait_for(lambda: "who-am-i" in http_get(stack.port).headers, what="the plugin on the first proxy")
+    shutil.rmtree(tmp_path / "cache")
+
+    start_envoy(processes, tmp_path, stack.control_plane.xds_port, "other-1", labels={"app": "other"})
+    wait_for(lambda: "who-am-i" in http_get(other_port).headers, 30, what="the plugin on the late proxy")
+    assert [r.status for r in burst(other_port, 3)] == [200] * 3
+    for proxy in stack.control_plane.status("proxies"):
+        assert all(not t["error"] for t in proxy["types"].values()), proxy
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path) -> Iterator[None]:
+    """A real filesystem that can fill up: a 1 MiB tmpfs mounted on `folder`."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> None:
+    with open(folder / "filler", "wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+
+
+@pytest.mark.parametrize("fault", ["deleted", "read-only", "full", "unreadable module"])
+def test_a_cache_dir_fault_keeps_file_plugins_running_through_rescans_and_changes(
+    fault: str, tmp_path: Path, processes: list[Process], httpbin_port: int
+) -> None:
+    cache = tmp_path / "cache"
+    config = tmp_path / "config"
+    config.mkdir()
+    port = free_port()
+    (config / "sidecar.yaml").write_text(sidecar_yaml("httpbin", port, httpbin_port, {"app": "httpbin"}))
+    module = tmp_path / "ratelimit.wasm"
+    module.write_bytes(RATELIMIT_WASM.read_bytes())
+    (config / "ratelimit.yaml").write_text(ratelimit(module, 1000))
+    with contextlib.ExitStack() as cleanup:
+        if fault == "full":
+            cleanup.enter_context(small_filesystem(cache))
+        control_plane = start_control_plane(
+            processes, config, tmp_path, "--resync-interval", "1", cache_dir=cache, wrapper=WITHOUT_CAPABILITIES
+        )
+        envoy = start_envoy(processes, tmp_path, control_plane.xds_port, "httpbin-1", labels={"app": "httpbin"})
+        wait_for(lambda: "who-am-i" in http_get(port).headers, what="the plugin to run")
+
+        if fault == "deleted":
+            shutil.rmtree(cache)
+        elif fault == "read-only":
+            os.chmod(cache, 0o555)
+            cleanup.callback(os.chmod, cache, 0o755)
+        elif fault == "full":
+            fill(cache)
+        else:
+            for cached in cache.glob("*.wasm"):
+                os.chmod(cached, 0)
+
+        # A change of the plugin (a reload, its module read again) and a new module, both after the fault.
+        (config / "ratelimit.yaml").write_text(ratelimit(module, 999))
+        wait_for(
+            lambda: '"requests_per_second":999' in str(envoy.extension_configs().get(RATELIMIT_FILTER)),
+            what="the changed plugin in Envoy",
+        )
+        assert all("who-am-i" in r.headers and r.status == 200 for r in burst(port, 3))
+        new_module = tmp_path / "ratelimit-2.wasm"
+        new_module.write_bytes(padded(RATELIMIT_WASM.read_bytes(), 64 * 1024, "2"))
+        (config / "ratelimit.yaml").write_text(ratelimit(new_module, 998))
+        wait_for(
+            lambda: '"requests_per_second":998' in str(envoy.extension_configs().get(RATELIMIT_FILTER)),
+            what="the plugin with its new module in Envoy",
+        )
+        responses = burst(port, 3)
+        assert all("who-am-i" in r.headers and r.status == 200 for r in responses), [r.status for r in responses]
+        assert control_plane.module(f"file://{new_module}")["state"] == "ready"
+
+
+def test_the_extension_config_service_keeps_one_copy_of_a_module_for_every_label_set(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    module = tmp_path / "ratelimit.wasm"
+    module.write_bytes(padded(RATELIMIT_WASM.read_bytes(), MIB, "shared"))
+    (config / "ratelimit.yaml").write_text(ratelimit(module))
+
+    async def snapshots() -> list[object]:
+        plane = ControlPlane(ServeSettings(config_dirs=(str(config),), cache_dir=str(tmp_path / "cache")))
+        await plane.reload()
+        await plane.modules.settled()
+        classes = [ProxyClass("default", (("pod", f"p{i}"),), standalone_ecds=True) for i in range(60)]
+        return [plane.snapshot_for(proxy).resources(EXTENSION_CONFIG).items[RATELIMIT_FILTER] for proxy in classes]
+
+    resources = asyncio.run(snapshots())
+    assert len({id(r.body) for r in resources}) == 1  # type: ignore[attr-defined]
+    assert len(resources[0].body.value) > MIB  # type: ignore[attr-defined]
