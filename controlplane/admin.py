@@ -11,8 +11,10 @@ from controlplane.model import ModuleKey, ModuleReady, ModuleStatus
 from controlplane.modules.resolver import module_views
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.status import file_status
-from controlplane.xds.connection import Connection
+from controlplane.translate.resources import ECDS_NAME_PREFIX
+from controlplane.xds.connection import Connection, TypeState
 from controlplane.xds.server import DiscoveryServer
+from controlplane.xds.snapshot import EXTENSION_CONFIG
 
 
 def config_view(
@@ -20,7 +22,10 @@ def config_view(
     modules: Mapping[ModuleKey, ModuleStatus],
     retry_times: Mapping[ModuleKey, float],
     now: float,
+    connections: Iterable[Connection[Any]] = (),
 ) -> dict[str, Any]:
+    """`connections`: the proxy streams, whose NACKs of a plugin's config show on its module."""
+    views = module_views(loaded.config.plugins, modules, retry_times, now)
     return {
         "errors": [str(e) for e in loaded.errors],
         "files": file_status(loaded),
@@ -34,8 +39,26 @@ def config_view(
             }
             for key, served in loaded.served.items()
         ],
-        "modules": module_views(loaded.config.plugins, modules, retry_times, now),
+        "modules": [_with_rejections(view, connections) for view in views],
     }
+
+
+def _with_rejections(view: dict[str, Any], connections: Iterable[Connection[Any]]) -> dict[str, Any]:
+    """What Envoy runs, beside what the control plane holds: a module that is ready here but whose plugin
+    config a proxy rejected (it could not load the module, or read its file) is not running there; that
+    proxy keeps the config it had."""
+    names = {ECDS_NAME_PREFIX + plugin.replace("/", ".", 1) for plugin in view["plugins"]}
+    rejected = sorted(
+        {
+            (c.node_id, error)
+            for c in connections
+            for name, error in c.types.get(EXTENSION_CONFIG, TypeState()).rejected.items()
+            if name in names
+        }
+    )
+    if not rejected:
+        return view
+    return {**view, "rejected_by": [{"node": node, "error": error} for node, error in rejected]}
 
 
 def proxies_view(connections: Iterable[Connection[Any]]) -> list[dict[str, Any]]:

@@ -93,7 +93,11 @@ class ControlPlane:
             self.ready.is_set,
             {
                 "/debug/config": lambda: config_view(
-                    self.loaded, self.modules.statuses, self.modules.retry_times(), time.time()
+                    self.loaded,
+                    self.modules.statuses,
+                    self.modules.retry_times(),
+                    time.time(),
+                    self.xds.connections.values(),
                 ),
                 "/debug/proxies": lambda: proxies_view(self.xds.connections.values()),
                 "/metrics": lambda: metrics_text(self.ready.is_set(), self.loaded, self.modules.statuses, self.xds),

@@ -222,3 +222,32 @@ def test_the_extension_config_service_keeps_one_copy_of_a_module_for_every_label
     resources = asyncio.run(snapshots())
     assert len({id(r.body) for r in resources}) == 1  # type: ignore[attr-defined]
     assert len(resources[0].body.value) > MIB  # type: ignore[attr-defined]
+
+
+def test_a_config_envoy_rejects_shows_on_its_module_and_the_last_accepted_one_keeps_running(
+    tmp_path: Path, processes: list[Process], httpbin_port: int
+) -> None:
+    # Local delivery, with the proxy's view of the shared folder about to disappear (an unmounted volume).
+    shared = tmp_path / "shared"
+    shared.symlink_to(tmp_path / "cache")
+    config = tmp_path / "config"
+    config.mkdir()
+    port = free_port()
+    (config / "sidecar.yaml").write_text(sidecar_yaml("httpbin", port, httpbin_port, {"app": "httpbin"}))
+    (config / "ratelimit.yaml").write_text(ratelimit(RATELIMIT_WASM, 1000))
+    control_plane = start_control_plane(
+        processes, config, tmp_path, "--module-delivery", "local", "--local-module-dir", str(shared)
+    )
+    start_envoy(processes, tmp_path, control_plane.xds_port, "httpbin-1", labels={"app": "httpbin"})
+    wait_for(lambda: "who-am-i" in http_get(port).headers, what="the plugin to run")
+    assert "rejected_by" not in control_plane.module(f"file://{RATELIMIT_WASM}")
+
+    shared.unlink()
+    (config / "ratelimit.yaml").write_text(ratelimit(RATELIMIT_WASM, 999))
+    module = wait_for(
+        lambda: (m := control_plane.module(f"file://{RATELIMIT_WASM}")).get("rejected_by") and m,
+        what="Envoy's rejection on the module",
+    )
+    [rejection] = module["rejected_by"]
+    assert rejection["node"] == "httpbin-1" and str(shared) in rejection["error"], rejection
+    assert all("who-am-i" in r.headers and r.status == 200 for r in burst(port, 3)), "the plugin still runs"
