@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import itertools
 import os
 import shutil
 import subprocess
@@ -16,10 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from envoy.config.core.v3 import extension_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
 
 from controlplane.app import ControlPlane, ServeSettings
 from controlplane.model import ProxyClass
-from controlplane.xds.snapshot import EXTENSION_CONFIG
+from controlplane.xds.connection import Connection
+from controlplane.xds.snapshot import EXTENSION_CONFIG, Snapshot
+from controlplane.xds.sotw import SotwProtocol
 from tests.support import (
     BOTH_PROTOCOLS,
     ORDER_MARKER_WASM,
@@ -251,3 +257,30 @@ def test_a_config_envoy_rejects_shows_on_its_module_and_the_last_accepted_one_ke
     [rejection] = module["rejected_by"]
     assert rejection["node"] == "httpbin-1" and str(shared) in rejection["error"], rejection
     assert all("who-am-i" in r.headers and r.status == 200 for r in burst(port, 3)), "the plugin still runs"
+
+
+def test_state_of_the_world_sends_only_the_plugin_configs_that_changed() -> None:
+    # Each config may carry a module of megabytes: a change of one must not resend the others.
+    def configs(version_b: str) -> Snapshot:
+        messages = [
+            extension_pb2.TypedExtensionConfig(name=name, typed_config=any_pb2.Any(value=value.encode()))
+            for name, value in (("a", "module a"), ("b", version_b))
+        ]
+        return Snapshot.of({EXTENSION_CONFIG: messages})
+
+    current = configs("module b")
+    protocol: SotwProtocol[str] = SotwProtocol(Connection("p", "k", "sotw", 0.0), lambda: current, itertools.count())
+    [first] = protocol.on_request(discovery_pb2.DiscoveryRequest(type_url=EXTENSION_CONFIG, resource_names=["a", "b"]))
+    assert len(first.resources) == 2
+    ack = discovery_pb2.DiscoveryRequest(
+        type_url=EXTENSION_CONFIG,
+        resource_names=["a", "b"],
+        version_info=first.version_info,
+        response_nonce=first.nonce,
+    )
+    assert protocol.on_request(ack) == []
+    current = configs("module b, version 2")
+    [update] = protocol.on_change()
+    sent = [extension_pb2.TypedExtensionConfig.FromString(r.value) for r in update.resources]
+    assert [(c.name, c.typed_config.value) for c in sent] == [("b", b"module b, version 2")]
+    assert update.version_info == current.resources(EXTENSION_CONFIG).version

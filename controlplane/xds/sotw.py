@@ -81,7 +81,10 @@ class SotwProtocol(StreamState[K]):
                 resources = Resources.of([*resources.items.values(), *removed_clusters])
             previous = self._sent.get(type_url)
             if previous is None or previous.version != resources.version:
-                responses += self._send(state, type_url, resources)
+                # Only Listener and Cluster responses must hold the whole state of the world; the others
+                # may carry what changed, which for ECDS with modules inside is most of the bytes.
+                partial = previous if type_url not in WILDCARD_TYPES else None
+                responses += self._send(state, type_url, resources, since=partial)
         if removed_clusters:
             listener_sent = [r for r in responses if r.type_url == LISTENER]
             if listener_sent:
@@ -101,17 +104,23 @@ class SotwProtocol(StreamState[K]):
         state = self._connection.types[CLUSTER]
         return self._send(state, CLUSTER, state.subscribed(snapshot.resources(CLUSTER)))
 
-    def _send(self, state: TypeState, type_url: str, resources: Resources) -> list[discovery_pb2.DiscoveryResponse]:
+    def _send(
+        self, state: TypeState, type_url: str, resources: Resources, since: Resources | None = None
+    ) -> list[discovery_pb2.DiscoveryResponse]:
+        """`since`: what the proxy was sent before; only the resources that differ from it are sent."""
         if not state.wildcard and not resources.items:
             # Envoy takes an empty answer to a named subscription as a config with no resource and rejects
             # it; a name that does not exist yet is answered when it appears.
             return []
-        state.sending(str(next(self._nonces)), resources.version, frozenset(resources.items))
+        carried = [r for n, r in resources.items.items() if since is None or since.items.get(n) != r]
         self._sent[type_url] = resources
+        if not carried:
+            return []  # only names the proxy no longer asks for went away
+        state.sending(str(next(self._nonces)), resources.version, frozenset(r.name for r in carried))
         return [
             discovery_pb2.DiscoveryResponse(
                 version_info=resources.version,
-                resources=[r.body for r in resources.items.values()],
+                resources=[r.body for r in carried],
                 type_url=type_url,
                 nonce=state.nonce,
             )
