@@ -114,7 +114,7 @@ class SotwProtocol(StreamState[K]):
             return []
         carried = [r for n, r in resources.items.items() if since is None or since.items.get(n) != r]
         self._sent[type_url] = resources
-        if not carried:
+        if since is not None and not carried:
             return []  # only names the proxy no longer asks for went away
         state.sending(str(next(self._nonces)), resources.version, frozenset(r.name for r in carried))
         return [
