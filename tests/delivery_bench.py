@@ -35,9 +35,7 @@ from typing import Any
 
 import grpc
 import yaml
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, extension_pb2, http_uri_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2, http_uri_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -50,7 +48,7 @@ from controlplane.model import Config, ModuleReady, ModuleStatus, ProxyClass
 from controlplane.modules.store import ModuleStore
 from controlplane.plugin_configs import PluginConfigs
 from controlplane.source.directory import load_directory
-from controlplane.translate.resources import ProxyResources, TranslateSettings, translate
+from controlplane.translate.resources import ProxyResources, TranslateSettings, _endpoint_cluster, translate
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import DiscoveryServer
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snapshot
@@ -165,27 +163,7 @@ def remote_code(resources: ProxyResources, http_port: int, mark_listeners: bool)
         if mark_listeners:
             marked.metadata.filter_metadata["wasm-controlplane"].update({"modules": sorted(shas)})
         listeners.append(marked)
-    cluster = cluster_pb2.Cluster(
-        name=MODULE_CLUSTER,
-        type=cluster_pb2.Cluster.STATIC,
-        connect_timeout=duration_pb2.Duration(seconds=5),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=MODULE_CLUSTER,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=address_pb2.Address(
-                                    socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=http_port)
-                                )
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
-    )
+    cluster = _endpoint_cluster(MODULE_CLUSTER, "127.0.0.1", http_port)
     return ProxyResources((cluster, *resources.clusters), tuple(listeners), tuple(configs))
 
 
