@@ -13,12 +13,14 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 _MODULE_FILE = re.compile(r"^([a-f0-9]{64})\.wasm$")
+_JUST_PUT_SECONDS = 60.0
 
 
 class StoreFailed(Exception):
@@ -26,8 +28,9 @@ class StoreFailed(Exception):
 
 
 class ModuleStore:
-    """Blocking: called from worker threads (and `read` from the loop, for bytes already in memory). A lock
-    keeps a purge from deleting a module being put."""
+    """Blocking: called from worker threads (`read` and `keep_only` also from the loop: they touch no disk
+    for modules in memory, and wait for no disk write). One lock keeps a purge from deleting a module being
+    put; another, held only for moments, guards the modules in memory."""
 
     def __init__(self, root: str | Path, keep_in_memory: bool = True) -> None:
         """`keep_in_memory`: modules go to proxies inside their configs, so each is held in memory once and
@@ -35,9 +38,12 @@ class ModuleStore:
         self.root = Path(root)
         self.keep_in_memory = keep_in_memory
         self._memory: dict[str, bytes] = {}
+        self._put_at: dict[str, float] = {}
+        """When each module in memory was last put: one put a moment ago may not have a status yet."""
         self._unwritten: set[str] = set()
         """Modules that could not be written, each warned about once."""
         self._lock = threading.Lock()
+        self._memory_lock = threading.Lock()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -56,9 +62,9 @@ class ModuleStore:
         """Keeps `content` and returns its sha256. The file is written to a temporary name and renamed, so
         a reader never sees half a module; a damaged copy already there is replaced."""
         sha256 = hashlib.sha256(content).hexdigest()
+        if self.keep_in_memory:
+            self._remember(sha256, content)
         with self._lock:
-            if self.keep_in_memory:
-                self._memory[sha256] = content
             try:
                 self._write(sha256, content)
             except OSError as exc:
@@ -100,8 +106,13 @@ class ModuleStore:
         if hashlib.sha256(content).hexdigest() != sha256:
             return None
         if self.keep_in_memory:
-            self._memory[sha256] = content
+            self._remember(sha256, content)
         return content
+
+    def _remember(self, sha256: str, content: bytes) -> None:
+        with self._memory_lock:
+            self._memory[sha256] = content
+            self._put_at[sha256] = time.monotonic()
 
     def intact(self, sha256: str) -> bool:
         """True when the module is at hand as its name says: in memory, or (with local delivery, where
@@ -111,12 +122,15 @@ class ModuleStore:
         return _file_holds(self.path(sha256), sha256)
 
     def keep_only(self, sha256s: Iterable[str]) -> None:
-        """Drops the in-memory copies of every module not in `sha256s`: no plugin serves them any more."""
+        """Drops the in-memory copies of the modules not in `sha256s` (no plugin serves them any more),
+        except those put in the last minute, whose fetch may not have reported its status yet."""
         keep = set(sha256s)
-        with self._lock:
+        recent = time.monotonic() - _JUST_PUT_SECONDS
+        with self._memory_lock:
             for sha256 in set(self._memory) - keep:
-                del self._memory[sha256]
-            self._unwritten &= keep
+                if self._put_at.get(sha256, 0.0) < recent:
+                    del self._memory[sha256]
+                    self._put_at.pop(sha256, None)
 
     def purge(self, keep: Iterable[str], older_than: float) -> list[str]:
         """Deletes the module files not in `keep` last written before `older_than` (seconds since the epoch),
