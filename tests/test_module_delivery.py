@@ -196,6 +196,7 @@ def test_a_cache_dir_fault_keeps_file_plugins_running_through_rescans_and_change
         (config / "ratelimit.yaml").write_text(ratelimit(module, 999))
         wait_for(
             lambda: '"requests_per_second":999' in str(envoy.extension_configs().get(RATELIMIT_FILTER)),
+            30,
             what="the changed plugin in Envoy",
         )
         assert all("who-am-i" in r.headers and r.status == 200 for r in burst(port, 3))
@@ -204,6 +205,7 @@ def test_a_cache_dir_fault_keeps_file_plugins_running_through_rescans_and_change
         (config / "ratelimit.yaml").write_text(ratelimit(new_module, 998))
         wait_for(
             lambda: '"requests_per_second":998' in str(envoy.extension_configs().get(RATELIMIT_FILTER)),
+            30,
             what="the plugin with its new module in Envoy",
         )
         responses = burst(port, 3)
