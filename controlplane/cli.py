@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--config-dir", action="append", required=True, help="repeatable")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     serve_cmd.add_argument("--xds-port", type=int, default=18000)
-    serve_cmd.add_argument("--http-port", type=int, default=18001, help="modules, health and status")
+    serve_cmd.add_argument("--http-port", type=int, default=18001, help="health, status and cached modules")
     serve_cmd.add_argument(
         "--advertise-address",
         help="ignored: proxies no longer download modules from --http-port (they come inside the configs)",

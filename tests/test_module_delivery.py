@@ -23,6 +23,7 @@ from google.protobuf import any_pb2
 
 from controlplane.app import ControlPlane, ServeSettings
 from controlplane.model import ProxyClass
+from controlplane.modules.store import ModuleStore
 from controlplane.xds.connection import Connection
 from controlplane.xds.snapshot import EXTENSION_CONFIG, Snapshot
 from controlplane.xds.sotw import SotwProtocol
@@ -286,3 +287,21 @@ def test_state_of_the_world_sends_only_the_plugin_configs_that_changed() -> None
     sent = [extension_pb2.TypedExtensionConfig.FromString(r.value) for r in update.resources]
     assert [(c.name, c.typed_config.value) for c in sent] == [("b", b"module b, version 2")]
     assert update.version_info == current.resources(EXTENSION_CONFIG).version
+
+
+def test_the_store_serves_from_memory_when_its_folder_is_gone_and_forgets_what_no_plugin_uses(
+    tmp_path: Path,
+) -> None:
+    store = ModuleStore(tmp_path / "cache")
+    kept, dropped = store.put(RATELIMIT_WASM.read_bytes()), store.put(ORDER_MARKER_WASM.read_bytes())
+    shutil.rmtree(tmp_path / "cache")
+    assert store.read(kept) == RATELIMIT_WASM.read_bytes() and store.intact(kept)
+    store.keep_only([kept])
+    assert store.read(dropped) is not None, "a module put a moment ago may not have its status yet"
+    assert store.put(ORDER_MARKER_WASM.read_bytes()) == dropped and store.has(dropped), "the folder is made again"
+
+    impatient = ModuleStore(tmp_path / "other", just_put_seconds=0)
+    kept, dropped = impatient.put(RATELIMIT_WASM.read_bytes()), impatient.put(ORDER_MARKER_WASM.read_bytes())
+    shutil.rmtree(tmp_path / "other")
+    impatient.keep_only([kept])
+    assert impatient.read(dropped) is None and impatient.read(kept) is not None

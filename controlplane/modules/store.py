@@ -20,7 +20,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _MODULE_FILE = re.compile(r"^([a-f0-9]{64})\.wasm$")
-_JUST_PUT_SECONDS = 60.0
 
 
 class StoreFailed(Exception):
@@ -32,11 +31,14 @@ class ModuleStore:
     for modules in memory, and wait for no disk write). One lock keeps a purge from deleting a module being
     put; another, held only for moments, guards the modules in memory."""
 
-    def __init__(self, root: str | Path, keep_in_memory: bool = True) -> None:
+    def __init__(self, root: str | Path, keep_in_memory: bool = True, just_put_seconds: float = 60.0) -> None:
         """`keep_in_memory`: modules go to proxies inside their configs, so each is held in memory once and
-        the folder is a cache. Otherwise proxies read the files, and a module that cannot be written fails."""
+        the folder is a cache. Otherwise proxies read the files, and a module that cannot be written fails.
+        `just_put_seconds`: how long `keep_only` spares a module just put, whose fetch may not have reported
+        its status yet."""
         self.root = Path(root)
         self.keep_in_memory = keep_in_memory
+        self._just_put_seconds = just_put_seconds
         self._memory: dict[str, bytes] = {}
         self._put_at: dict[str, float] = {}
         """When each module in memory was last put: one put a moment ago may not have a status yet."""
@@ -123,9 +125,9 @@ class ModuleStore:
 
     def keep_only(self, sha256s: Iterable[str]) -> None:
         """Drops the in-memory copies of the modules not in `sha256s` (no plugin serves them any more),
-        except those put in the last minute, whose fetch may not have reported its status yet."""
+        except those just put."""
         keep = set(sha256s)
-        recent = time.monotonic() - _JUST_PUT_SECONDS
+        recent = time.monotonic() - self._just_put_seconds
         with self._memory_lock:
             for sha256 in set(self._memory) - keep:
                 if self._put_at.get(sha256, 0.0) < recent:
