@@ -22,9 +22,11 @@ def config_view(
     modules: Mapping[ModuleKey, ModuleStatus],
     retry_times: Mapping[ModuleKey, float],
     now: float,
+    attachment: list[dict[str, Any]] | None = None,
     connections: Iterable[Connection[Any]] = (),
 ) -> dict[str, Any]:
-    """`connections`: the proxy streams, whose NACKs of a plugin's config show on its module."""
+    """`attachment`: per plugin, where it runs on the connected proxies and why not elsewhere; `connections`:
+    the proxy streams, whose NACKs of a plugin's config show on its module."""
     views = module_views(loaded.config.plugins, modules, retry_times, now)
     return {
         "errors": [str(e) for e in loaded.errors],
@@ -40,6 +42,7 @@ def config_view(
             for key, served in loaded.served.items()
         ],
         "modules": [_with_rejections(view, connections) for view in views],
+        "attachment": attachment or [],
     }
 
 

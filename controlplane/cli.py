@@ -24,9 +24,11 @@ from controlplane.modules.fetch import oversized_local_modules
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
+from controlplane.node import ROUTER_PREFIX, is_gateway
 from controlplane.render import resources_as_dict, to_yaml
 from controlplane.source.directory import load_directory, missing_roots
 from controlplane.source.secrets import DockerConfigError
+from controlplane.translate.attachment import attachment_report, unattachable_plugins
 from controlplane.translate.resources import TranslateSettings, translate
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
@@ -81,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     validate_cmd.add_argument(
         "--max-module-size", type=int, default=FetchSettings.max_bytes, help="bytes; checked for file:// modules"
     )
+    validate_cmd.add_argument("--root-namespace", default="istio-system")
     validate_cmd.set_defaults(run=_validate)
 
     diff_cmd = commands.add_parser("diff", help="per proxy class, the plugins and filter orders that change")
@@ -94,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     render_cmd.add_argument("dir")
     render_cmd.add_argument("--namespace", default="default")
     render_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
+    render_cmd.add_argument("--gateway", action="store_true", help="a gateway: every listener is CLIENT-side")
     render_cmd.add_argument("--root-namespace", default="istio-system")
     _module_flags(render_cmd)
     render_cmd.set_defaults(run=_render)
@@ -102,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--node-id", required=True)
     bootstrap_cmd.add_argument("--namespace", default="default")
     bootstrap_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
+    bootstrap_cmd.add_argument(
+        "--gateway", action="store_true", help="a gateway: the node id is given Istio's router~ prefix"
+    )
     bootstrap_cmd.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port, help="HOST:PORT")
     bootstrap_cmd.add_argument("--admin-port", type=int, default=9901)
     bootstrap_cmd.add_argument("--delta", action="store_true", help="incremental xDS instead of state of the world")
@@ -206,7 +213,8 @@ def _validate(args: argparse.Namespace) -> int:
         return 2
     loaded = load_directory(args.dirs)
     errors = sorted(loaded.errors + tuple(oversized_local_modules(loaded.config.plugins, args.max_module_size)))
-    for warning in loaded.warnings:  # worth a look, not a reason to fail a commit
+    warnings = sorted(set(loaded.warnings) | set(unattachable_plugins(loaded.config, args.root_namespace)))
+    for warning in warnings:  # worth a look, not a reason to fail a commit
         print(f"warning: {warning}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps([dataclasses.asdict(e) for e in errors], indent=2))
@@ -250,12 +258,13 @@ def _render(args: argparse.Namespace) -> int:
     for error in loaded.errors:
         print(error, file=sys.stderr)
     settings = TranslateSettings(root_namespace=args.root_namespace)
-    proxy = ProxyClass(args.namespace, labels_from(args.labels))
+    proxy = ProxyClass(args.namespace, labels_from(args.labels), gateway=args.gateway or is_gateway("", args.labels))
     with tempfile.TemporaryDirectory() as scratch:
         store = ModuleStore(Path(scratch))
         modules = asyncio.run(_resolve_modules(module_requests(loaded.config), fetch, store))
-        resources = translate(loaded.config, proxy, modules, settings, code=store.read)
-    print(to_yaml(resources_as_dict(resources)), end="")
+        rendered = resources_as_dict(translate(loaded.config, proxy, modules, settings, code=store.read))
+    rendered["attachment"] = attachment_report(loaded.config, [proxy], args.root_namespace)
+    print(to_yaml(rendered), end="")
     return 1 if loaded.errors else 0
 
 
@@ -269,10 +278,11 @@ async def _resolve_modules(
 
 def _bootstrap(args: argparse.Namespace) -> int:
     host, port = args.xds_address
+    node_id = (
+        ROUTER_PREFIX + args.node_id if args.gateway and not args.node_id.startswith(ROUTER_PREFIX) else args.node_id
+    )
     print(
-        to_yaml(
-            envoy_bootstrap(args.node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)
-        ),
+        to_yaml(envoy_bootstrap(node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)),
         end="",
     )
     return 0

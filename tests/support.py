@@ -31,6 +31,8 @@ ORDER_MARKER_WASM = PLUGINS / "order-marker" / "plugin.wasm"
 T = TypeVar("T")
 ROUTER = "envoy.filters.http.router"
 BOTH_PROTOCOLS = pytest.mark.parametrize("stack", ["sotw", "delta"], indirect=True)
+UNPRIVILEGED = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--") if os.geteuid() == 0 else ()
+"""Runs a command without the capabilities that let root read what file permissions forbid."""
 
 
 def free_port() -> int:
@@ -150,16 +152,16 @@ def start_control_plane(
     ports: tuple[int, int] | None = None,
     until: str = "/ready",
     cache_dir: Path | None = None,
-    wrapper: tuple[str, ...] = (),
+    command_prefix: tuple[str, ...] = (),
 ) -> ControlPlaneProcess:
     """`ports` (xDS, HTTP) start it where an earlier one ran, as a restart does; `until` is the HTTP path
-    that must answer 200 before this returns; `wrapper` is a command it runs under (e.g. `setpriv` to drop
-    capabilities)."""
+    that must answer 200 before this returns; `command_prefix` runs it through another program (such as
+    one that drops privileges)."""
     xds_port, http_port = ports or (free_port(), free_port())
     process = Process(
         f"controlplane-{len(processes)}",
         [
-            *wrapper,
+            *command_prefix,
             sys.executable,
             "-m",
             "controlplane",

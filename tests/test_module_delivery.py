@@ -31,6 +31,7 @@ from tests.support import (
     BOTH_PROTOCOLS,
     ORDER_MARKER_WASM,
     RATELIMIT_WASM,
+    UNPRIVILEGED,
     Process,
     Stack,
     Traffic,
@@ -48,9 +49,6 @@ from tests.support import (
 MARKER = "x-plugin-order"
 MIB = 1024 * 1024
 RATELIMIT_FILTER = "extensions.istio.io/wasmplugin/default.ratelimit"
-# Root without CAP_DAC_OVERRIDE and friends: file permissions then hold for the control plane, as they do
-# for a server that does not run as root.
-WITHOUT_CAPABILITIES = ("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--")
 
 
 def marker(path: Path, name: str) -> str:
@@ -177,7 +175,7 @@ def test_a_cache_dir_fault_keeps_file_plugins_running_through_rescans_and_change
         if fault == "full":
             cleanup.enter_context(small_filesystem(cache))
         control_plane = start_control_plane(
-            processes, config, tmp_path, "--resync-interval", "1", cache_dir=cache, wrapper=WITHOUT_CAPABILITIES
+            processes, config, tmp_path, "--resync-interval", "1", cache_dir=cache, command_prefix=UNPRIVILEGED
         )
         envoy = start_envoy(processes, tmp_path, control_plane.xds_port, "httpbin-1", labels={"app": "httpbin"})
         wait_for(lambda: "who-am-i" in http_get(port).headers, what="the plugin to run")
