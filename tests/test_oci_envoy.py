@@ -90,7 +90,8 @@ def test_a_wrong_sha256_is_handled_by_the_fail_strategy(
     url = f"oci://{registry.host}/envoy/limit:1.0"
     stack.write("limit.yaml", limit_plugin(url, sha256="0" * 64, fail_strategy=fail_strategy))
     stand_in_answers(stack, expected)
-    module = stack.control_plane.module(url)
+    # A FAIL_OPEN stand-in serves while the module is still being fetched: wait for the fetch to fail.
+    module = wait_for(lambda: (m := stack.control_plane.module(url))["state"] != "fetching" and m, what="the failure")
     assert module["state"] == "failed" and "sha256 mismatch" in module["reason"]
 
 
