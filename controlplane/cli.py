@@ -13,10 +13,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from controlplane.app import ServeSettings, serve
+from controlplane.addresses import InvalidAddress, parse_host_port
+from controlplane.app import serve
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
+from controlplane.docker_config import DockerConfigError
 from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
 from controlplane.modules.download import FetchSettings
@@ -25,9 +27,9 @@ from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.node import ROUTER_PREFIX, is_gateway
-from controlplane.render import resources_as_dict, to_yaml
+from controlplane.render import message_as_dict, resources_as_dict, to_yaml
+from controlplane.serve_settings import ServeSettings
 from controlplane.source.directory import load_directory, missing_roots
-from controlplane.source.secrets import DockerConfigError
 from controlplane.translate.attachment import attachment_report, unattachable_plugins
 from controlplane.translate.resources import TranslateSettings, translate
 
@@ -168,10 +170,10 @@ def _labels(text: str) -> dict[str, str]:
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(text)
+    except InvalidAddress:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -281,10 +283,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
     node_id = (
         ROUTER_PREFIX + args.node_id if args.gateway and not args.node_id.startswith(ROUTER_PREFIX) else args.node_id
     )
-    print(
-        to_yaml(envoy_bootstrap(node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)),
-        end="",
-    )
+    bootstrap = envoy_bootstrap(node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)
+    print(to_yaml(message_as_dict(bootstrap)), end="")
     return 0
 
 

@@ -47,7 +47,7 @@ from controlplane.bootstrap import envoy_bootstrap
 from controlplane.http_server import HttpServer
 from controlplane.model import Config, ModuleReady, ModuleStatus, ProxyClass
 from controlplane.modules.store import ModuleStore
-from controlplane.plugin_configs import PluginConfigs
+from controlplane.snapshots.plugin_configs import PluginConfigs
 from controlplane.source.directory import load_directory
 from controlplane.translate.resources import ProxyResources, TranslateSettings, _endpoint_cluster, translate
 from controlplane.xds.cache import SnapshotCache
@@ -348,7 +348,9 @@ def label_sets_memory(label_sets: int, size: int, work: Path) -> dict[str, Any]:
         plane = ControlPlane(ServeSettings(config_dirs=(str(config),), cache_dir=str(work / "cache")))
         await plane.reload()
         await plane.modules.settled()
-        plane.snapshot_for(ProxyClass("default", (), standalone_ecds=True))
+        plane.snapshots.build(
+            plane.loaded.config, plane.modules.statuses, ProxyClass("default", (), standalone_ecds=True)
+        )
         before = rss_kib()
         for index in range(label_sets):  # as streams of that many label sets would
             plane.cache.watch(ProxyClass("default", (("pod", f"p{index}"),), standalone_ecds=True), lambda: None)

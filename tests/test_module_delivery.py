@@ -12,7 +12,6 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from google.protobuf import any_pb2
 from controlplane.app import ControlPlane, ServeSettings
 from controlplane.model import ProxyClass
 from controlplane.modules.store import ModuleStore
+from controlplane.processes import controlplane_command
 from controlplane.xds.connection import Connection
 from controlplane.xds.snapshot import EXTENSION_CONFIG, Snapshot
 from controlplane.xds.sotw import SotwProtocol
@@ -106,6 +106,7 @@ def test_a_module_over_envoys_remote_code_limit_runs(stack: Stack, tmp_path: Pat
     assert module["state"] == "ready" and module["size"] == big.stat().st_size
 
 
+@pytest.mark.integration
 def test_validate_shows_a_module_over_the_size_limit_at_its_plugin(tmp_path: Path) -> None:
     module = tmp_path / "plugin.wasm"
     module.write_bytes(padded(RATELIMIT_WASM.read_bytes(), 64 * 1024, "x"))
@@ -115,8 +116,7 @@ def test_validate_shows_a_module_over_the_size_limit_at_its_plugin(tmp_path: Pat
     path.write_text(ratelimit(module))
 
     def validate(*flags: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "controlplane", "validate", str(config), *flags]
-        return subprocess.run(command, capture_output=True, text=True)
+        return subprocess.run(controlplane_command("validate", str(config), *flags), capture_output=True, text=True)
 
     assert validate().returncode == 0
     refused = validate("--max-module-size", "32768")
@@ -224,7 +224,9 @@ def test_the_extension_config_service_keeps_one_copy_of_a_module_for_every_label
         await plane.reload()
         await plane.modules.settled()
         classes = [ProxyClass("default", (("pod", f"p{i}"),), standalone_ecds=True) for i in range(60)]
-        return [plane.snapshot_for(proxy).resources(EXTENSION_CONFIG).items[RATELIMIT_FILTER] for proxy in classes]
+        loaded, statuses = plane.loaded.config, plane.modules.statuses
+        snapshots = [plane.snapshots.build(loaded, statuses, proxy) for proxy in classes]
+        return [snapshot.resources(EXTENSION_CONFIG).items[RATELIMIT_FILTER] for snapshot in snapshots]
 
     resources = asyncio.run(snapshots())
     assert len({id(r.body) for r in resources}) == 1  # type: ignore[attr-defined]

