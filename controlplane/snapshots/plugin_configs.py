@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 
 from controlplane.model import ModuleKey, ModuleStatus, WasmPlugin
 from controlplane.translate.resources import ModuleCode, TranslateSettings, extension_config_for
-from controlplane.xds.snapshot import Resource, make_resource
+from controlplane.xds.snapshot import Resource, make_resource, pack
 
 _Key = tuple[WasmPlugin, "ModuleStatus | None"]
 
@@ -31,7 +31,7 @@ class PluginConfigs:
             config = extension_config_for(plugin, status, self._settings, self._code)
             self._configs[key] = config
             if config is not None:
-                self._resources[id(config)] = (config, make_resource(config))
+                self._resources[id(config)] = (config, pack(config))
         return self._configs[key]
 
     def resource(self, message: Message) -> Resource:

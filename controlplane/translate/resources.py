@@ -3,6 +3,7 @@ Pure: no I/O, no clock; equal inputs give equal messages."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -258,6 +259,7 @@ def _http_connection_manager(plan: ListenerPlan, plugins: list[WasmPlugin]) -> h
     )
 
 
+@functools.lru_cache(maxsize=8)
 def _discovery(type_urls: tuple[str, ...]) -> config_source_pb2.ExtensionConfigSource:
     # No default config and an initial fetch timeout of zero, as Istio: a listener that needs a plugin
     # warms until the plugin's config arrives rather than serving requests without it.
@@ -369,7 +371,13 @@ def _typed_filter(name: str, message: Message) -> listener_components_pb2.Filter
     return result
 
 
+@functools.lru_cache(maxsize=1024)
 def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
+    """The same for every proxy class with that port (made once; the message is never changed after)."""
+    return _make_upstream_cluster(port)
+
+
+def _make_upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
     endpoint = port.default_endpoint
     if endpoint.startswith("unix://"):
         address = address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint[len("unix://") :]))
