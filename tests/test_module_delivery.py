@@ -273,7 +273,8 @@ def test_state_of_the_world_sends_only_the_plugin_configs_that_changed() -> None
 
     current = configs("module b")
     protocol: SotwProtocol[str] = SotwProtocol(Connection("p", "k", "sotw", 0.0), lambda: current, itertools.count())
-    [first] = protocol.on_request(discovery_pb2.DiscoveryRequest(type_url=EXTENSION_CONFIG, resource_names=["a", "b"]))
+    [answer] = protocol.on_request(discovery_pb2.DiscoveryRequest(type_url=EXTENSION_CONFIG, resource_names=["a", "b"]))
+    first = answer.message()
     assert len(first.resources) == 2
     ack = discovery_pb2.DiscoveryRequest(
         type_url=EXTENSION_CONFIG,
@@ -283,7 +284,8 @@ def test_state_of_the_world_sends_only_the_plugin_configs_that_changed() -> None
     )
     assert protocol.on_request(ack) == []
     current = configs("module b, version 2")
-    [update] = protocol.on_change()
+    [pushed] = protocol.on_change()
+    update = pushed.message()
     sent = [extension_pb2.TypedExtensionConfig.FromString(r.value) for r in update.resources]
     assert [(c.name, c.typed_config.value) for c in sent] == [("b", b"module b, version 2")]
     assert update.version_info == current.resources(EXTENSION_CONFIG).version
