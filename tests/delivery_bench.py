@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,12 +47,14 @@ from controlplane.bootstrap import envoy_bootstrap
 from controlplane.http_server import HttpServer
 from controlplane.model import Config, ModuleReady, ModuleStatus, ProxyClass
 from controlplane.modules.store import ModuleStore
+from controlplane.render import message_as_dict
 from controlplane.snapshots.plugin_configs import PluginConfigs
 from controlplane.source.directory import load_directory
-from controlplane.translate.resources import ProxyResources, TranslateSettings, _endpoint_cluster, translate
+from controlplane.translate.resources import ProxyResources, TranslateSettings, endpoint_cluster, translate
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.server import DiscoveryServer
+from controlplane.xds.server import Callbacks, DiscoveryServer
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snapshot
+from controlplane.xds.stream import Response
 from tests.support import (
     ORDER_MARKER_WASM,
     RATELIMIT_WASM,
@@ -85,15 +87,14 @@ def rss_kib(pid: int | str = "self") -> int:
     return 0
 
 
-class CountingServer(DiscoveryServer[str]):
-    """Counts the bytes of every xDS response sent."""
+class ByteCount:
+    """The bytes of every xDS response sent, as the server's `on_response` callback."""
 
-    bytes_sent = 0
+    def __init__(self) -> None:
+        self.bytes_sent = 0
 
-    async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        async for response in super().stream(*args, **kwargs):
-            self.bytes_sent += response.ByteSize()
-            yield response
+    def __call__(self, connection: Any, response: Response) -> None:
+        self.bytes_sent += len(response.encoded)
 
 
 class CountingHttp(HttpServer):
@@ -168,7 +169,7 @@ def remote_code(resources: ProxyResources, http_port: int, mark_listeners: bool)
         if mark_listeners:
             marked.metadata.filter_metadata["wasm-controlplane"].update({"modules": sorted(shas)})
         listeners.append(marked)
-    cluster = _endpoint_cluster(MODULE_CLUSTER, "127.0.0.1", http_port)
+    cluster = endpoint_cluster(MODULE_CLUSTER, "127.0.0.1", http_port)
     return ProxyResources((cluster, *resources.clusters), tuple(listeners), tuple(configs))
 
 
@@ -178,7 +179,7 @@ class Plane:
 
     loop: asyncio.AbstractEventLoop
     cache: SnapshotCache[str]
-    xds: CountingServer
+    xds: ByteCount
     xds_port: int
     http_port: int
 
@@ -203,14 +204,15 @@ def plane(store: ModuleStore) -> Iterator[Plane]:
         cache: SnapshotCache[str] = SnapshotCache()
         ready = asyncio.Event()
         ready.set()
-        xds = CountingServer(cache, lambda node, standalone: "bench", ready)
+        counted = ByteCount()
+        xds = DiscoveryServer(cache, lambda node, standalone: "bench", ready, Callbacks(on_response=counted))
         server = grpc.aio.server()
         xds.register(server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         http = CountingHttp("127.0.0.1", 0, store, loop, lambda: True, {})
         http.start()
-        holder.update(cache=cache, xds=xds, port=port, http=http, server=server, stop=asyncio.Event())
+        holder.update(cache=cache, xds=counted, port=port, http=http, server=server, stop=asyncio.Event())
         started.set()
         await holder["stop"].wait()
         await server.stop(grace=0.5)
@@ -287,8 +289,16 @@ def run_option(option: str, size: int, protocol: str, work: Path, httpbin_port: 
             )
 
         server.set(snapshot(config_for("v1")))
-        bootstrap = envoy_bootstrap(
-            "bench-1", "default", {"app": "bench"}, "127.0.0.1", server.xds_port, free_port(), delta=protocol == "delta"
+        bootstrap = message_as_dict(
+            envoy_bootstrap(
+                "bench-1",
+                "default",
+                {"app": "bench"},
+                "127.0.0.1",
+                server.xds_port,
+                free_port(),
+                delta=protocol == "delta",
+            )
         )
         admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
         (work / "envoy.yaml").write_text(yaml.safe_dump(bootstrap))
