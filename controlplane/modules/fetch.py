@@ -9,6 +9,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from concurrent.futures import Executor
+from dataclasses import replace
 
 from controlplane.errors import ConfigError
 from controlplane.model import RegistryCredential, WasmPlugin
@@ -53,9 +54,7 @@ async def fetch_module(
     loop = asyncio.get_running_loop()
     if is_http(url):
         # Unpacking up to --max-module-size is work for a thread too, not for the loop.
-        return Fetched(
-            await loop.run_in_executor(downloads, lambda: unpack(_download(url, settings), settings.max_bytes))
-        )
+        return await loop.run_in_executor(downloads, _download_module, url, settings)
     return await loop.run_in_executor(downloads, oci.pull, url, settings, credentials, known_manifest)
 
 
@@ -75,6 +74,19 @@ def oversized_local_modules(plugins: Iterable[WasmPlugin], max_bytes: int) -> li
             reason = f"module {path} is {size} bytes, over the limit of {max_bytes} (--max-module-size)"
             errors.append(ConfigError(plugin.source.path, plugin.source.line, "spec.url", reason))
     return errors
+
+
+def fetch_small(url: str, settings: FetchSettings, max_bytes: int) -> bytes:
+    """Blocking. A small file of a file or http(s) url (a module's detached signature), read as modules are."""
+    if is_local(url):
+        return _read_file(url[len("file://") :], max_bytes)
+    return _download(url, replace(settings, max_bytes=max_bytes))
+
+
+def _download_module(url: str, settings: FetchSettings) -> Fetched:
+    served = _download(url, settings)
+    content = unpack(served, settings.max_bytes)
+    return Fetched(content, as_served=None if content is served else served)
 
 
 def _read_file(path: str, max_bytes: int) -> bytes:
