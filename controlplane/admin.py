@@ -27,6 +27,7 @@ from controlplane.modules.signatures import signer_names
 from controlplane.redaction import redact
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.status import file_status
+from controlplane.translate.resources import ECDS_NAME_PREFIX
 from controlplane.xds.connection import Connection, TypeState
 from controlplane.xds.server import DiscoveryServer
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER
@@ -43,10 +44,13 @@ def config_view(
     now: float,
     clock: float,
     attachment: list[dict[str, Any]] | None = None,
+    connections: Iterable[Connection[Any]] = (),
 ) -> dict[str, Any]:
     """`/debug/config`: per file what serves and what failed, per module its state, and per plugin where it
     runs on the connected proxies and why not elsewhere (`attachment`). `now` (seconds since the epoch) and
-    `clock` (the monotonic clock) are read at the same instant."""
+    `clock` (the monotonic clock) are read at the same instant. `connections`: the proxy streams, whose NACKs
+    of a plugin's config show on its module."""
+    views = module_views(loaded.config.plugins, modules, now, clock)
     return {
         "errors": [str(e) for e in loaded.errors],
         "files": file_status(loaded),
@@ -60,7 +64,7 @@ def config_view(
             }
             for key, served in loaded.served.items()
         ],
-        "modules": module_views(loaded.config.plugins, modules, now, clock),
+        "modules": [_with_rejections(view, connections) for view in views],
         "attachment": attachment or [],
     }
 
@@ -74,6 +78,37 @@ def sync_state(state: TypeState | None) -> str:
     if state.outstanding or state.acked_version != state.sent_version:
         return STALE
     return SYNCED
+
+
+def ecds_rejections(connections: Iterable[Connection[Any]]) -> list[Connection[Any]]:
+    """Copies of the streams with a rejected plugin config, holding only that: what `config_view` reads of
+    them, taken on the loop so that the view can be built off it."""
+    copies: list[Connection[Any]] = []
+    for c in connections:
+        state = c.types.get(EXTENSION_CONFIG)
+        if state is not None and state.rejected:
+            copy = Connection(c.node_id, c.key, c.protocol, c.connected_at)
+            copy.types[EXTENSION_CONFIG] = TypeState(rejected=dict(state.rejected))
+            copies.append(copy)
+    return copies
+
+
+def _with_rejections(view: dict[str, Any], connections: Iterable[Connection[Any]]) -> dict[str, Any]:
+    """What Envoy runs, beside what the control plane holds: a module that is ready here but whose plugin
+    config a proxy rejected (it could not load the module, or read its file) is not running there; that
+    proxy keeps the config it had."""
+    names = {ECDS_NAME_PREFIX + plugin.replace("/", ".", 1) for plugin in view["plugins"]}
+    rejected = sorted(
+        {
+            (c.node_id, error)
+            for c in connections
+            for name, error in c.types.get(EXTENSION_CONFIG, TypeState()).rejected.items()
+            if name in names
+        }
+    )
+    if not rejected:
+        return view
+    return {**view, "rejected_by": [{"node": node, "error": error} for node, error in rejected]}
 
 
 def module_views(

@@ -24,13 +24,14 @@ from controlplane.admin import (
     StateCollector,
     built,
     config_view,
+    ecds_rejections,
     proxies_view,
     serving_summary,
 )
 from controlplane.convergence import Convergence
 from controlplane.http_server import HttpServer, Request, module_routes
 from controlplane.identity import auth_context_uris, certificate_namespace, may_fetch_module, namespace_refusal
-from controlplane.model import ProxyClass
+from controlplane.model import ModuleReady, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests, start_waits_for
 from controlplane.modules.resolver import ModuleResolver
@@ -61,7 +62,8 @@ class ControlPlane:
         self.source = DirectoryFollower(
             settings.config_dirs, settings.cache_dir, settings.settle, settings.resync_seconds, self.convergence.changed
         )
-        self.store = ModuleStore(settings.cache_dir)
+        # Inline delivery sends modules from memory, so that the cache dir is a cache and nothing more.
+        self.store = ModuleStore(settings.cache_dir, keep_in_memory=settings.translate.module_delivery == "inline")
         self.modules = ModuleResolver(
             self.store,
             ModuleIndex(settings.cache_dir),
@@ -69,8 +71,7 @@ class ControlPlane:
             self._rebuild,
             lambda result: self.metrics.module_fetches.labels(result).inc(),
         )
-        # Inline modules are read on the loop: Wasm modules are small next to what the store allows.
-        self.snapshots = SnapshotBuilder(settings.translate, lambda sha256: self.store.path(sha256).read_bytes())
+        self.snapshots = SnapshotBuilder(settings.translate, self.store.read)
         self.cache: SnapshotCache[ProxyClass] = SnapshotCache(self._build_first, self.snapshots.forget)
         convergence = self.convergence
         callbacks: Callbacks[ProxyClass] = Callbacks(
@@ -185,7 +186,10 @@ class ControlPlane:
         records = {key: copy.copy(record) for key, record in self.modules.records().items()}
         loaded, now, clock = self.loaded, time.time(), time.monotonic()
         keys, root_namespace = self.cache.watched_keys(), self.settings.translate.root_namespace
-        return lambda: config_view(loaded, records, now, clock, attachment_report(loaded.config, keys, root_namespace))
+        rejections = ecds_rejections(self.xds.connections.values())
+        return lambda: config_view(
+            loaded, records, now, clock, attachment_report(loaded.config, keys, root_namespace), rejections
+        )
 
     def _proxies_view(self) -> Callable[[], Any]:
         """Built on the loop: the streams change their state there."""
@@ -216,6 +220,8 @@ class ControlPlane:
             self.convergence.rebuilt((), ())
             return
         self._built_from = built_from
+        self.snapshots.retain(config, statuses)
+        self.store.keep_only(s.sha256 for s in statuses.values() if isinstance(s, ModuleReady))
         changed = [p for p in self.cache.watched_keys() if self.cache.set(p, self._build(p))]
         if changed:
             # A count: a class is named by labels its proxies chose, of any size.

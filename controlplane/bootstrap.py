@@ -8,12 +8,15 @@ from dataclasses import dataclass
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 
 from controlplane.translate.resources import endpoint_cluster, socket_address, speak_http2
-from controlplane.translate.transport import CLIENT_CERT_SECRET, TRUSTED_CA_SECRET, upstream_tls
 
 XDS_CLUSTER = "xds-grpc"
+TRUSTED_CA_SECRET = "controlplane-trusted-ca"
+"""The CA that signed the control plane's certificate: a static secret of the bootstrap."""
+CLIENT_CERT_SECRET = "controlplane-client-cert"
+"""The proxy's own certificate and key, for mTLS."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,7 @@ def envoy_bootstrap(
     xds = endpoint_cluster(XDS_CLUSTER, xds_host, xds_port, resolve=True)
     speak_http2(xds)  # gRPC
     if tls is not None:
-        # The module cluster the control plane sends names the same secrets.
-        xds.transport_socket.CopyFrom(upstream_tls(bool(tls.cert)))
+        xds.transport_socket.CopyFrom(_upstream_tls(bool(tls.cert)))
     static = bootstrap_pb2.Bootstrap.StaticResources(clusters=[xds], secrets=_secrets(tls) if tls else [])
     ads = config_source_pb2.ConfigSource(
         ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
@@ -73,6 +75,19 @@ def envoy_bootstrap(
         ),
         static_resources=static,
     )
+
+
+def _upstream_tls(client_certificate: bool) -> base_pb2.TransportSocket:
+    """TLS to the control plane, with the certificates of the bootstrap's static secrets, which Envoy
+    reloads from their files."""
+    common = tls_pb2.CommonTlsContext(
+        validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=TRUSTED_CA_SECRET),
+    )
+    if client_certificate:
+        common.tls_certificate_sds_secret_configs.append(secret_pb2.SdsSecretConfig(name=CLIENT_CERT_SECRET))
+    socket = base_pb2.TransportSocket(name="envoy.transport_sockets.tls")
+    socket.typed_config.Pack(tls_pb2.UpstreamTlsContext(common_tls_context=common))
+    return socket
 
 
 def _secrets(tls: EnvoyTls) -> list[secret_pb2.Secret]:

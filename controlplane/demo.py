@@ -43,7 +43,7 @@ def run_demo() -> int:
         step("starting httpbin on", HTTPBIN_ADDRESS)
         start("httpbin", [_tool("gunicorn"), "-b", HTTPBIN_ADDRESS, "httpbin:app"])
         step(
-            "starting the control plane on 127.0.0.1:18000 (xDS), :18001 (modules) and :18002 (admin), watching",
+            "starting the control plane on 127.0.0.1:18000 (xDS), :18001 (cached modules) and :18002 (admin), watching",
             config_dir,
         )
         start(
