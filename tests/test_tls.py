@@ -138,7 +138,7 @@ def test_mtls_serves_each_proxy_its_own_namespace_only(
 ) -> None:
     secured = _start(tmp_path, httpbin_port, processes, mutual=True)
     _envoy(secured, tmp_path, processes, secured.proxy_a)
-    # The listener, then the plugin, whose module Envoy fetched from the module port with its certificate.
+    # The listener, then the plugin, both over the mTLS stream.
     wait_for(lambda: "who-am-i" in http_get(secured.port).headers, what="namespace a's plugin through mTLS")
 
     refused = _ask_as(secured, secured.proxy_a, "b")
