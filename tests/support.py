@@ -3,6 +3,7 @@ loopback, and the small HTTP helpers the tests use to observe them."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import json
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from controlplane.bootstrap import envoy_bootstrap
+from controlplane.cli import _parser as controlplane_parser
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = REPO / "fixtures" / "plugins"
@@ -35,6 +37,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def serve_args(args: list[str]) -> argparse.Namespace:
+    """`controlplane serve ARGS` as the server reads them (its defaults filled in), so that files that start
+    it (Dockerfile, docker-compose, Kubernetes manifests) are checked against its real flags; an unknown
+    flag exits as the command would."""
+    return controlplane_parser().parse_args(["serve", *args])
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
