@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 XDS_CLUSTER = "xds-grpc"
@@ -16,8 +17,16 @@ def envoy_bootstrap(
     admin_port: int = 9901,
     admin_host: str = "127.0.0.1",
     delta: bool = False,
+    other_xds_addresses: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
+    """`other_xds_addresses`: more replicas of the control plane. Each address is resolved by DNS (a name
+    of several replicas, such as a headless Service, gives one endpoint each); the ADS stream goes to one of
+    them and, when it breaks, reconnects to another, which sends nothing new: versions are content hashes."""
     app = labels.get("app", node_id)
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+        for host, port in ((xds_host, xds_port), *other_xds_addresses)
+    ]
     return {
         "node": {
             "id": node_id,
@@ -44,22 +53,16 @@ def envoy_bootstrap(
                     "typed_extension_protocol_options": {
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
+                            # Pings find a replica that vanished without closing the connection (its
+                            # node lost), so the stream moves to another one.
+                            "explicit_http_config": {
+                                "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
+                            },
                         }
                     },
                     "load_assignment": {
                         "cluster_name": XDS_CLUSTER,
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {"socket_address": {"address": xds_host, "port_value": xds_port}}
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
+                        "endpoints": [{"lb_endpoints": endpoints}],
                     },
                 }
             ]

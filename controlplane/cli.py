@@ -101,7 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--node-id", required=True)
     bootstrap_cmd.add_argument("--namespace", default="default")
     bootstrap_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
-    bootstrap_cmd.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port, help="HOST:PORT")
+    bootstrap_cmd.add_argument(
+        "--xds-address",
+        action="append",
+        type=_host_port,
+        help="HOST:PORT of the control plane (default: 127.0.0.1:18000); repeat it for several replicas",
+    )
     bootstrap_cmd.add_argument("--admin-port", type=int, default=9901)
     bootstrap_cmd.add_argument("--delta", action="store_true", help="incremental xDS instead of state of the world")
     bootstrap_cmd.set_defaults(run=_bootstrap)
@@ -278,13 +283,18 @@ async def _resolve_modules(requests: list[ModuleRequest], fetch: FetchSettings) 
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    host, port = args.xds_address
-    print(
-        to_yaml(
-            envoy_bootstrap(args.node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta)
-        ),
-        end="",
+    (host, port), *others = args.xds_address or [("127.0.0.1", 18000)]
+    bootstrap = envoy_bootstrap(
+        args.node_id,
+        args.namespace,
+        args.labels,
+        host,
+        port,
+        args.admin_port,
+        delta=args.delta,
+        other_xds_addresses=others,
     )
+    print(to_yaml(bootstrap), end="")
     return 0
 
 

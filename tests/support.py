@@ -39,6 +39,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_on(hosts: list[str]) -> int:
+    """A port free on every one of `hosts`, for replicas that listen on the same port at their own address."""
+    while True:
+        port = free_port()
+        try:
+            for host in hosts:
+                with socket.socket() as sock:
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+
+
 def serve_args(args: list[str]) -> argparse.Namespace:
     """`controlplane serve ARGS` as the server reads them (its defaults filled in), so that files that start
     it (Dockerfile, docker-compose, Kubernetes manifests) are checked against its real flags; an unknown
@@ -72,8 +85,10 @@ class Response:
         return json.loads(self.body)
 
 
-def http_get(port: int, path: str = "/get", headers: dict[str, str] | None = None, timeout: float = 5) -> Response:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def http_get(
+    port: int, path: str = "/get", headers: dict[str, str] | None = None, timeout: float = 5, host: str = "127.0.0.1"
+) -> Response:
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
@@ -139,9 +154,13 @@ class ControlPlaneProcess:
     process: Process
     xds_port: int
     http_port: int
+    host: str = "127.0.0.1"
+
+    def get(self, path: str) -> Response:
+        return http_get(self.http_port, path, host=self.host)
 
     def status(self, view: str = "config") -> Any:
-        return http_get(self.http_port, f"/debug/{view}").json()
+        return self.get(f"/debug/{view}").json()
 
     def module(self, url: str) -> dict[str, Any]:
         """The one entry of the `/debug/config` modules list for `url` (as shown: redacted)."""
@@ -156,9 +175,11 @@ def start_control_plane(
     *extra: str,
     ports: tuple[int, int] | None = None,
     until: str = "/ready",
+    host: str = "127.0.0.1",
 ) -> ControlPlaneProcess:
     """`ports` (xDS, HTTP) start it where an earlier one ran, as a restart does; `until` is the HTTP path
-    that must answer 200 before this returns."""
+    that must answer 200 before this returns; `host` is the loopback address it listens on (replicas each
+    take their own, 127.0.0.2, 127.0.0.3..., with the same ports)."""
     xds_port, http_port = ports or (free_port(), free_port())
     process = Process(
         f"controlplane-{len(processes)}",
@@ -175,13 +196,16 @@ def start_control_plane(
             str(http_port),
             "--cache-dir",
             str(log_dir / "cache"),
+            "--host",
+            host,
             *extra,
         ],
         log_dir,
     )
     processes.append(process)
-    wait_for(lambda: http_get(http_port, until).status == 200, what=f"control plane {until}")
-    return ControlPlaneProcess(process, xds_port, http_port)
+    control_plane = ControlPlaneProcess(process, xds_port, http_port, host)
+    wait_for(lambda: control_plane.get(until).status == 200, what=f"control plane {until}")
+    return control_plane
 
 
 @dataclass
@@ -221,6 +245,20 @@ class EnvoyProcess:
                 typed = ecds["ecds_filter"]
                 result[typed["name"]] = typed["typed_config"]
         return result
+
+
+def config_reloads(stats: dict[str, int]) -> dict[str, int]:
+    """Every counter that moves when Envoy applies a listener, cluster or filter config."""
+    watched = (
+        "listener_added",
+        "listener_modified",
+        "listener_removed",
+        "cds.update_success",
+        "lds.update_success",
+        "config_reload",
+        "update_rejected",
+    )
+    return {name: value for name, value in stats.items() if name.endswith(watched)}
 
 
 def start_envoy(
