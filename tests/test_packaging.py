@@ -8,6 +8,7 @@ import fnmatch
 import importlib.metadata
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -23,7 +24,7 @@ from tests.support import REPO, serve_args
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
-def bootstrap_command(xds_address: str) -> dict:
+def bootstrap_command(*xds_addresses: str) -> dict:
     output = subprocess.run(
         [
             sys.executable,
@@ -36,8 +37,7 @@ def bootstrap_command(xds_address: str) -> dict:
             "default",
             "--labels",
             "app=httpbin",
-            "--xds-address",
-            xds_address,
+            *(arg for address in xds_addresses for arg in ("--xds-address", address)),
         ],
         capture_output=True,
         text=True,
@@ -50,9 +50,28 @@ def test_committed_bootstraps_are_what_the_bootstrap_command_writes() -> None:
     for file_name, xds_address in (
         ("bootstrap-local.yaml", "127.0.0.1:18000"),
         ("bootstrap-compose.yaml", "controlplane:18000"),
+        ("bootstrap-kubernetes.yaml", "wasm-controlplane-xds.wasm-system.svc:18000"),
     ):
         committed = yaml.safe_load((REPO / "envoy" / file_name).read_text())
         assert committed == bootstrap_command(xds_address), file_name
+
+
+def test_envoy_accepts_every_committed_bootstrap() -> None:
+    envoy = shutil.which("envoy") or "envoy"
+    for path in sorted((REPO / "envoy").glob("*.yaml")):
+        result = subprocess.run([envoy, "--mode", "validate", "-c", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{path.name}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+
+
+def test_bootstrap_lists_every_replica_given_as_an_xds_endpoint() -> None:
+    bootstrap = envoy_bootstrap("p", "ns", {}, "10.0.0.1", 18000, other_xds_addresses=[("10.0.0.2", 18000)])
+    [cluster] = bootstrap["static_resources"]["clusters"]
+    endpoints = [
+        e["endpoint"]["address"]["socket_address"] for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert endpoints == [{"address": "10.0.0.1", "port_value": 18000}, {"address": "10.0.0.2", "port_value": 18000}]
+    written = bootstrap_command("10.0.0.1:18000", "10.0.0.2:18000")
+    assert written["static_resources"]["clusters"] == bootstrap["static_resources"]["clusters"]
 
 
 def test_bootstrap_names_the_proxy_as_istio_does() -> None:
