@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 
 from controlplane.bootstrap import envoy_bootstrap
+from controlplane.translate.resources import MODULE_CLUSTER
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER
 from tests.dns import DnsServer, dns_server
 from tests.support import (
     ORDER_MARKER_WASM,
+    RATELIMIT_WASM,
     ControlPlaneProcess,
     EnvoyProcess,
     Process,
@@ -327,3 +329,44 @@ def test_sigterm_drains_a_replica_its_proxies_move_to_the_others_with_no_failed_
     assert exit_code == 0
     assert unchanged_by_a_move(envoy) == before
     assert sent.failures() == []
+
+
+def test_a_new_module_missing_on_a_lagging_replica_is_fetched_from_one_that_has_it(
+    tmp_path: Path, httpbin_port: int, processes: list[Process], dns: DnsServer
+) -> None:
+    """The module Service may send Envoy's fetch of a new module to a replica whose git-sync has not pulled
+    the commit yet: it answers 404, and Envoy's retry reaches a replica that has the module."""
+    listen_port = free_port()
+    dirs = [tmp_path / "config-a", tmp_path / "config-b"]
+    for config_dir in dirs:
+        write_config(config_dir, listen_port, httpbin_port, "steady")
+    replicas = start_replicas(processes, tmp_path, dirs, dns)
+    envoy = start_envoy_on(processes, tmp_path, replicas, dns, delta=False)
+    wait_for(lambda: http_get(listen_port).headers.get(MARKER_HEADER) == "steady", what="the plugin to run")
+    ahead = connected(replicas)
+    [behind] = [r for r in replicas if r is not ahead]
+    members = f"cluster.{MODULE_CLUSTER}.membership_total"
+
+    dns.records[SERVICE] = [behind.host]  # for now the Service sends module fetches to the replica behind
+    wait_for(lambda: envoy.stats()[members] == 1, what="Envoy to resolve the module Service again")
+    start = envoy.stats()
+    with traffic(listen_port) as sent:
+        sent.more()
+        write_atomically(
+            dirs[replicas.index(ahead)] / "ratelimit.yaml",
+            wasm_plugin_yaml(
+                "ratelimit",
+                f"file://{RATELIMIT_WASM}",
+                selector={"app": "httpbin"},
+                plugin_name="ratelimit",
+                config={"requests_per_second": 1000},
+            ),
+        )
+        not_found = f"cluster.{MODULE_CLUSTER}.internal.upstream_rq_404"
+        wait_for(lambda: envoy.stats().get(not_found, 0) > start.get(not_found, 0), what="a fetch from the one behind")
+        dns.records[SERVICE] = [ahead.host]
+        wait_for(lambda: "who-am-i" in http_get(listen_port).headers, FAILOVER_SECONDS, what="the new module")
+        sent.more()
+
+    assert sent.failures() == []
+    assert envoy.stats()["wasm.remote_load_fetch_successes"] > start["wasm.remote_load_fetch_successes"]
