@@ -56,6 +56,7 @@ def test_committed_bootstraps_are_what_the_bootstrap_command_writes() -> None:
         assert committed == bootstrap_command(xds_address), file_name
 
 
+@pytest.mark.integration
 def test_envoy_accepts_every_committed_bootstrap() -> None:
     envoy = shutil.which("envoy") or "envoy"
     for path in sorted((REPO / "envoy").glob("*.yaml")):
@@ -63,6 +64,7 @@ def test_envoy_accepts_every_committed_bootstrap() -> None:
         assert result.returncode == 0, f"{path.name}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
 
 
+@pytest.mark.integration
 def test_bootstrap_lists_every_replica_given_as_an_xds_endpoint() -> None:
     bootstrap = envoy_bootstrap("p", "ns", {}, "10.0.0.1", 18000, other_xds_addresses=[("10.0.0.2", 18000)])
     [cluster] = bootstrap["static_resources"]["clusters"]
@@ -124,6 +126,7 @@ def test_compose_builds_the_image_instead_of_installing_at_start() -> None:
     assert envoy_waits_for["condition"] == "service_healthy", "the image's HEALTHCHECK gates Envoy's start"
 
 
+@pytest.mark.integration
 def test_compose_file_is_valid_for_docker_compose() -> None:
     """Debian's docker-compose (tests/setup.sh) checks the file against the Compose schema without a Docker
     daemon."""
