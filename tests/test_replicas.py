@@ -102,6 +102,9 @@ class Traffic:
                 self.results.append(repr(exc))
             self._stop.wait(0.02)
 
+    def stop(self) -> None:
+        self._stop.set()
+
     def more(self, count: int = 10) -> None:
         """Waits until `count` more requests have been answered (or failed)."""
         target = len(self.results) + count
@@ -122,7 +125,7 @@ def traffic(port: int) -> Iterator[Traffic]:
     try:
         yield sender
     finally:
-        sender._stop.set()
+        sender.stop()
         thread.join()
 
 
