@@ -20,7 +20,9 @@ def config_view(
     modules: Mapping[ModuleKey, ModuleStatus],
     retry_times: Mapping[ModuleKey, float],
     now: float,
+    attachment: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """`attachment`: per plugin, where it runs on the connected proxies and why not elsewhere."""
     return {
         "errors": [str(e) for e in loaded.errors],
         "files": file_status(loaded),
@@ -35,6 +37,7 @@ def config_view(
             for key, served in loaded.served.items()
         ],
         "modules": module_views(loaded.config.plugins, modules, retry_times, now),
+        "attachment": attachment or [],
     }
 
 

@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -15,7 +16,7 @@ import grpc
 from controlplane.admin import config_view, metrics_text, proxies_view
 from controlplane.errors import ConfigError
 from controlplane.http_server import HttpServer
-from controlplane.model import ModuleReady, ModuleStatus, PluginType, ProxyClass
+from controlplane.model import FailStrategy, ModuleKey, ModuleReady, ModuleStatus, PluginType, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings
@@ -25,6 +26,7 @@ from controlplane.source.directory import LoadedDirectory, load_directory
 from controlplane.source.serving_record import read_record, record_of, write_record
 from controlplane.source.settle import SettleSettings, git_busy, settle
 from controlplane.source.watcher import WRITE_GRACE_SECONDS, DirectoryWatcher
+from controlplane.translate.attachment import attachment_report
 from controlplane.translate.resources import TranslateSettings, ecds_name, host_for_url, translate
 from controlplane.translate.selection import select_plugins
 from controlplane.xds.cache import SnapshotCache
@@ -66,6 +68,7 @@ class ControlPlane:
         self._reload_wanted = asyncio.Event()
         self._reported: set[ConfigError] = set()
         self._reload_lock = asyncio.Lock()
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="config-load")
         self._serving_record = read_record(self.settings.cache_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._inline_modules: dict[str, bytes] = {}
@@ -90,7 +93,13 @@ class ControlPlane:
             self.ready.is_set,
             {
                 "/debug/config": lambda: config_view(
-                    self.loaded, self.modules.statuses, self.modules.retry_times(), time.time()
+                    self.loaded,
+                    self.modules.statuses,
+                    self.modules.retry_times(),
+                    time.time(),
+                    attachment_report(
+                        self.loaded.config, self.cache.watched_keys(), self.settings.translate.root_namespace
+                    ),
                 ),
                 "/debug/proxies": lambda: proxies_view(self.xds.connections.values()),
                 "/metrics": lambda: metrics_text(self.ready.is_set(), self.loaded, self.modules.statuses, self.xds),
@@ -104,7 +113,7 @@ class ControlPlane:
         # Proxies get nothing until the directory is loaded and its modules settled, so that none is
         # ever sent a partial config.
         try:
-            await asyncio.wait_for(self.modules.available(), self.settings.startup_fetch_seconds)
+            await asyncio.wait_for(self.modules.available(self._holds_start), self.settings.startup_fetch_seconds)
         except TimeoutError:
             # Past this, a module still on its way only holds back the listeners that use it: Envoy warms
             # them until its config arrives.
@@ -122,6 +131,11 @@ class ControlPlane:
             self.http_port,
         )
 
+    def _holds_start(self, module: ModuleKey) -> bool:
+        """A module only FAIL_OPEN plugins use holds nothing up: they serve their allow-all stand-in until
+        it arrives."""
+        return any(p.module == module and p.fail_strategy != FailStrategy.FAIL_OPEN for p in self.loaded.config.plugins)
+
     async def stop(self) -> None:
         self._watcher.stop()
         for task in self._tasks:
@@ -130,13 +144,17 @@ class ControlPlane:
             await self._grpc.stop(grace=1)
         if self._http is not None:
             self._http.stop()
+        self._loader.shutdown(wait=False)
 
     async def reload(self) -> None:
         async with self._reload_lock:  # each load starts from the one before it
             # Watch where the roots lead now (a symlink swap or a replaced folder moves them) before reading.
             self._watcher.refresh()
-            # Reading and parsing every changed file can take long: in a worker, so that no xDS stream stalls.
-            self.loaded = await asyncio.to_thread(self._load, self.loaded, self._watcher.writes_in_progress())
+            # Reading and parsing every changed file can take long: in a worker, so that no xDS stream stalls;
+            # one of its own, so that no module download can hold it up.
+            self.loaded = await asyncio.get_running_loop().run_in_executor(
+                self._loader, self._load, self.loaded, self._watcher.writes_in_progress()
+            )
         self._report(self.loaded.errors, self.loaded.warnings)
         self.modules.require(module_requests(self.loaded.config))
         self._rebuild()

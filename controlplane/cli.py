@@ -23,9 +23,11 @@ from controlplane.modules.download import FetchSettings
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
+from controlplane.node import ROUTER_PREFIX, is_gateway
 from controlplane.render import resources_as_dict, to_yaml
 from controlplane.source.directory import load_directory, missing_roots
 from controlplane.source.secrets import DockerConfigError
+from controlplane.translate.attachment import attachment_report, unattachable_plugins
 from controlplane.translate.resources import TranslateSettings, translate
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
@@ -78,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     validate_cmd = commands.add_parser("validate", help="check config directories; exit 1 when invalid")
     validate_cmd.add_argument("dirs", nargs="+")
     validate_cmd.add_argument("--format", choices=["text", "json"], default="text")
+    validate_cmd.add_argument("--root-namespace", default="istio-system")
     validate_cmd.set_defaults(run=_validate)
 
     diff_cmd = commands.add_parser("diff", help="per proxy class, the plugins and filter orders that change")
@@ -91,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     render_cmd.add_argument("dir")
     render_cmd.add_argument("--namespace", default="default")
     render_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
+    render_cmd.add_argument("--gateway", action="store_true", help="a gateway: every listener is CLIENT-side")
     render_cmd.add_argument("--root-namespace", default="istio-system")
     render_cmd.add_argument("--advertise-address", default="127.0.0.1")
     render_cmd.add_argument("--http-port", type=int, default=18001)
@@ -101,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--node-id", required=True)
     bootstrap_cmd.add_argument("--namespace", default="default")
     bootstrap_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
+    bootstrap_cmd.add_argument(
+        "--gateway", action="store_true", help="a gateway: the node id is given Istio's router~ prefix"
+    )
     bootstrap_cmd.add_argument(
         "--xds-address",
         action="append",
@@ -221,7 +228,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"controlplane: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return 2
     loaded = load_directory(args.dirs)
-    for warning in loaded.warnings:  # worth a look, not a reason to fail a commit
+    warnings = sorted(set(loaded.warnings) | set(unattachable_plugins(loaded.config, args.root_namespace)))
+    for warning in warnings:  # worth a look, not a reason to fail a commit
         print(f"warning: {warning}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps([dataclasses.asdict(e) for e in loaded.errors], indent=2))
@@ -267,9 +275,11 @@ def _render(args: argparse.Namespace) -> int:
     settings = TranslateSettings(
         root_namespace=args.root_namespace, module_host=args.advertise_address, module_port=args.http_port
     )
-    proxy = ProxyClass(args.namespace, labels_from(args.labels))
+    proxy = ProxyClass(args.namespace, labels_from(args.labels), gateway=args.gateway or is_gateway("", args.labels))
     modules = asyncio.run(_resolve_modules(module_requests(loaded.config), fetch))
-    print(to_yaml(resources_as_dict(translate(loaded.config, proxy, modules, settings))), end="")
+    rendered = resources_as_dict(translate(loaded.config, proxy, modules, settings))
+    rendered["attachment"] = attachment_report(loaded.config, [proxy], args.root_namespace)
+    print(to_yaml(rendered), end="")
     return 1 if loaded.errors else 0
 
 
@@ -284,15 +294,11 @@ async def _resolve_modules(requests: list[ModuleRequest], fetch: FetchSettings) 
 
 def _bootstrap(args: argparse.Namespace) -> int:
     (host, port), *others = args.xds_address or [("127.0.0.1", 18000)]
+    node_id = (
+        ROUTER_PREFIX + args.node_id if args.gateway and not args.node_id.startswith(ROUTER_PREFIX) else args.node_id
+    )
     bootstrap = envoy_bootstrap(
-        args.node_id,
-        args.namespace,
-        args.labels,
-        host,
-        port,
-        args.admin_port,
-        delta=args.delta,
-        other_xds_addresses=others,
+        node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta, other_xds_addresses=others
     )
     print(to_yaml(bootstrap), end="")
     return 0

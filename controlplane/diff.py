@@ -71,7 +71,10 @@ def proxy_classes(configs: list[Config], root_namespace: str) -> list[ProxyClass
             joined = dict(workload)
             if all(joined.get(k, v) == v for k, v in wanted):
                 candidates.add(tuple(sorted({**joined, **dict(wanted)}.items())))
-        classes.update(ProxyClass(namespace, labels) for labels in candidates)
+        # A class labelled with a gateway name is that gateway: its listeners are CLIENT-side.
+        classes.update(
+            ProxyClass(namespace, labels, gateway=GATEWAY_NAME_LABEL in dict(labels)) for labels in candidates
+        )
     return sorted(classes, key=lambda c: (c.namespace, c.labels))
 
 

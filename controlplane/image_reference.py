@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from controlplane.redaction import redact
+
 DOCKER_HUB = "docker.io"
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_ANY_DIGEST = re.compile(r"^[A-Za-z0-9+._-]+:[A-Fa-f0-9]+$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 
 
@@ -37,10 +40,13 @@ class ImageReference:
 def parse_reference(url: str) -> ImageReference:
     """`oci://host[:port]/repo[:tag][@sha256:...]`, or the same without a scheme, as Istio reads it; a first
     component without `.` or `:` (and not `localhost`) means Docker Hub."""
+    shown = redact(url)  # the url may hold a login: messages quote it without
     name = url.removeprefix("oci://")
-    name, _, digest = name.partition("@")
+    name, _, digest = name.rpartition("@") if "@" in name else (name, "", "")
+    if "@" in name or (digest and not _ANY_DIGEST.match(digest)):
+        raise InvalidReference(f"{shown}: a login cannot be given in the url; name a pull Secret in imagePullSecret")
     if digest and not _DIGEST.match(digest):
-        raise InvalidReference(f"{url}: digest must be sha256: and 64 lowercase hex characters")
+        raise InvalidReference(f"{shown}: digest must be sha256: and 64 lowercase hex characters")
     first, slash, rest = name.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
         registry, path = first, rest
@@ -52,7 +58,7 @@ def parse_reference(url: str) -> ImageReference:
     if registry == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
     if not _REPOSITORY.match(path):
-        raise InvalidReference(f"{url}: {path!r} is not a valid repository name")
+        raise InvalidReference(f"{shown}: not a valid repository name")
     if tag and not _TAG.match(tag):
-        raise InvalidReference(f"{url}: {tag!r} is not a valid tag")
+        raise InvalidReference(f"{shown}: not a valid tag")
     return ImageReference(registry, path, tag or ("" if digest else "latest"), digest)

@@ -138,6 +138,29 @@ class IngressPort:
 
 
 @dataclass(frozen=True)
+class EgressHost:
+    """One `namespace/dnsName` of a Sidecar egress listener's `hosts`."""
+
+    namespace: str
+    """`*` any namespace, `.` the Sidecar's own, `~` none, else a namespace's name."""
+    host: str
+    """`*` every host, `*.suffix` a wildcard, else an exact host name."""
+
+
+@dataclass(frozen=True)
+class EgressPort:
+    """A Sidecar `egress` entry: a CLIENT-side listener on `bind:number` that routes to the services named in
+    `hosts`."""
+
+    number: int
+    """0: Istio's catch-all for captured traffic, which makes no listener here; its hosts still count."""
+    protocol: str
+    name: str
+    bind: str
+    hosts: tuple[EgressHost, ...]
+
+
+@dataclass(frozen=True)
 class Sidecar:
     namespace: str
     name: str
@@ -145,6 +168,52 @@ class Sidecar:
     """None: the namespace-wide Sidecar."""
     ingress: tuple[IngressPort, ...]
     source: SourceRef
+    egress: tuple[EgressPort, ...] = ()
+
+
+class Resolution(enum.Enum):
+    NONE = "NONE"
+    STATIC = "STATIC"
+    DNS = "DNS"
+    DNS_ROUND_ROBIN = "DNS_ROUND_ROBIN"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    number: int
+    protocol: str
+    name: str
+    target_port: int
+    """0: the port's own number."""
+
+
+@dataclass(frozen=True)
+class ServiceEndpoint:
+    address: str
+    """An IP, a host name (DNS resolution) or `unix://PATH`."""
+    ports: tuple[tuple[str, int], ...]
+    """Service port name → the port this endpoint serves it on."""
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """A service the mesh does not run: each host and port becomes a cluster named as Istio names it,
+    `outbound|PORT||HOST`, that listeners route to and plugins call."""
+
+    namespace: str
+    name: str
+    hosts: tuple[str, ...]
+    ports: tuple[ServicePort, ...]
+    resolution: Resolution
+    endpoints: tuple[ServiceEndpoint, ...]
+    export_to: tuple[str, ...]
+    """Empty: every namespace, as Istio's default."""
+    source: SourceRef
+
+    def visible_from(self, namespace: str) -> bool:
+        if not self.export_to or "*" in self.export_to:
+            return True  # `~` (exported nowhere) falls through: it names no namespace
+        return namespace in self.export_to or ("." in self.export_to and namespace == self.namespace)
 
 
 @dataclass(frozen=True)
@@ -174,6 +243,7 @@ class Config:
     plugins: tuple[WasmPlugin, ...] = ()
     sidecars: tuple[Sidecar, ...] = ()
     secrets: tuple[PullSecret, ...] = ()
+    service_entries: tuple[ServiceEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,10 +255,16 @@ class ProxyClass:
     standalone_ecds: bool = False
     """Connected to the extension-config service alone: its listeners are its own and never warm again, so
     Envoy would never fetch remote code for it; it gets its modules inline."""
+    gateway: bool = False
+    """A gateway (Istio's `router` proxies): every listener of it is CLIENT-side."""
 
     def __str__(self) -> str:
         labels = ",".join(f"{k}={v}" for k, v in self.labels)
-        return f"{self.namespace}/{{{labels}}}" + (" (ECDS only)" if self.standalone_ecds else "")
+        return (
+            f"{self.namespace}/{{{labels}}}"
+            + (" (gateway)" if self.gateway else "")
+            + (" (ECDS only)" if self.standalone_ecds else "")
+        )
 
 
 @dataclass(frozen=True)

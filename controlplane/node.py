@@ -6,6 +6,7 @@ from envoy.config.core.v3 import base_pb2
 
 from controlplane.model import ProxyClass, labels_from
 from controlplane.source.documents import DEFAULT_NAMESPACE
+from controlplane.translate.selection import GATEWAY_NAME_LABEL
 from controlplane.xds.connection import InvalidNode
 
 
@@ -28,4 +29,13 @@ def proxy_class(node: base_pb2.Node, standalone_ecds: bool = False) -> ProxyClas
             if label.WhichOneof("kind") != "string_value":
                 raise InvalidNode(f"node {node.id!r}: metadata.LABELS.{key} must be a string")
             labels[key] = label.string_value
-    return ProxyClass(namespace, labels_from(labels), standalone_ecds)
+    return ProxyClass(namespace, labels_from(labels), standalone_ecds, gateway=is_gateway(node.id, labels))
+
+
+ROUTER_PREFIX = "router~"
+"""How an Istio gateway's node id begins (`router~IP~POD.NS~NS.svc.cluster.local`); sidecars' begin `sidecar~`."""
+
+
+def is_gateway(node_id: str, labels: dict[str, str]) -> bool:
+    """Istio knows a gateway by its node id; a Gateway API gateway also carries the gateway-name label."""
+    return node_id.startswith(ROUTER_PREFIX) or GATEWAY_NAME_LABEL in labels

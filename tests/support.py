@@ -176,14 +176,17 @@ def start_control_plane(
     ports: tuple[int, int] | None = None,
     until: str = "/ready",
     host: str = "127.0.0.1",
+    command_prefix: tuple[str, ...] = (),
 ) -> ControlPlaneProcess:
     """`ports` (xDS, HTTP) start it where an earlier one ran, as a restart does; `until` is the HTTP path
     that must answer 200 before this returns; `host` is the loopback address it listens on (replicas each
-    take their own, 127.0.0.2, 127.0.0.3..., with the same ports)."""
+    take their own, 127.0.0.2, 127.0.0.3..., with the same ports); `command_prefix` runs it through another
+    program (such as one that drops privileges)."""
     xds_port, http_port = ports or (free_port(), free_port())
     process = Process(
         f"controlplane-{len(processes)}",
         [
+            *command_prefix,
             sys.executable,
             "-m",
             "controlplane",

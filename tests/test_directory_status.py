@@ -70,4 +70,6 @@ def test_a_file_being_written_keeps_its_previous_version(tmp_path: Path) -> None
     held = load_directory([str(tmp_path)], first, frozenset({str(path.resolve())}))
     assert held.config == first.config
     assert file_status(held)[str(path)]["state"].startswith("being written")
-    assert load_directory([str(tmp_path)], held).config.plugins == ()
+    closed = load_directory([str(tmp_path)], held)  # left empty once closed: reported, and still serving
+    assert closed.config == first.config
+    assert [e.reason.split(":")[0] for e in closed.errors] == ["empty"]

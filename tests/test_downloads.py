@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus
-from controlplane.modules.download import FetchSettings, redact
+from controlplane.modules.download import FetchSettings
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import ModuleRequest
 from controlplane.modules.resolver import ModuleResolver, ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
+from controlplane.redaction import redact
 from tests.support import RATELIMIT_WASM
 
 MODULE = RATELIMIT_WASM.read_bytes()

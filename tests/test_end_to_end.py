@@ -122,7 +122,13 @@ def test_unavailable_module_is_handled_by_its_fail_strategy(stack: Stack, fail_s
         lambda: name in stack.listener_filters() and name in stack.envoy.extension_configs(), what="the stand-in filter"
     )
     assert [r.status for r in burst(stack.port, 3)] == [expected] * 3
-    module = stack.control_plane.module("oci://registry.invalid/plugins/remote:1.0")
+    # A FAIL_OPEN stand-in serves while the module is still being fetched: wait for the fetch to fail.
+    module = wait_for(
+        lambda: (lambda m: m if m["state"] != "fetching" else None)(
+            stack.control_plane.module("oci://registry.invalid/plugins/remote:1.0")
+        ),
+        what="the fetch to fail",
+    )
     assert module["state"] == "failed" and "registry.invalid/plugins/remote:1.0" in module["reason"]
 
 

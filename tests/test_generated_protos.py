@@ -41,7 +41,7 @@ def spec_fields() -> dict[str, FieldDescriptor]:
 
 def test_every_proto_has_committed_bindings() -> None:
     protos = sorted(p.stem for p in PROTO_DIR.glob("*.proto"))
-    assert protos == ["sidecar", "wasmplugin"]
+    assert protos == ["serviceentry", "sidecar", "wasmplugin"]
     assert sorted(generated_files(API_DIR)) == sorted(
         f"{stem}{suffix}" for stem in protos for suffix in GENERATED_SUFFIXES
     )

@@ -186,12 +186,12 @@ metadata: {name: a}
 spec:
   url: oci://example.com/a:1
   pluginConfig:
-    first: &shared {x: 1, y: [1, 2]}
+    first: &shared {x: 1, z: [1, 2]}
     second: *shared
 """
     state = read_bytes(scratch, text.encode())
     assert_clean(state)
     (document,) = state.documents
     assert document.value is not None and document.value.plugin_config == (
-        '{"first":{"x":1,"y":[1,2]},"second":{"x":1,"y":[1,2]}}'
+        '{"first":{"x":1,"z":[1,2]},"second":{"x":1,"z":[1,2]}}'
     )

@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from controlplane.model import (
+    EgressHost,
+    EgressPort,
     EnvVar,
     FailStrategy,
     IngressPort,
@@ -212,6 +214,7 @@ def test_sidecar_is_read_in_every_networking_api_version(tmp_path: Path, api_ver
                 IngressPort(9090, "TCP", "", "127.0.0.1", "unix:///var/run/app.sock"),
             ),
             source=SourceRef(str(path), 1),
+            egress=(EgressPort(0, "", "", "127.0.0.1", (EgressHost(".", "*"),)),),
         ),
     )
 
@@ -364,7 +367,8 @@ def test_target_refs_default_to_the_plugin_namespace(tmp_path: Path) -> None:
         - group: gateway.networking.k8s.io
           kind: Gateway
           name: edge
-        - kind: Gateway
+        - group: gateway.networking.k8s.io
+          kind: Gateway
           name: other
         """,
             namespace="gateways",
@@ -372,7 +376,7 @@ def test_target_refs_default_to_the_plugin_namespace(tmp_path: Path) -> None:
     )
     assert only_plugin(load(tmp_path)).target_refs == (
         TargetRef("gateway.networking.k8s.io", "Gateway", "edge", "gateways"),
-        TargetRef("", "Gateway", "other", "gateways"),
+        TargetRef("gateway.networking.k8s.io", "Gateway", "other", "gateways"),
     )
 
 
@@ -507,7 +511,7 @@ ERROR_CASES: dict[str, ErrorCase] = {
     "selector and targetRefs": (
         wasm_plugin(
             "url: oci://example.com/a:1\nselector:\n  matchLabels: {app: web}\n"
-            "targetRefs:\n- kind: Gateway\n  name: edge"
+            "targetRefs:\n- group: gateway.networking.k8s.io\n  kind: Gateway\n  name: edge"
         ),
         "spec:",
         0,
@@ -529,8 +533,11 @@ ERROR_CASES: dict[str, ErrorCase] = {
         "expected a string, got an integer",
     ),
     "targetRefs entry without a name": (
-        wasm_plugin("url: oci://example.com/a:1\ntargetRefs:\n- kind: Gateway\n  name: edge\n- kind: Gateway"),
-        "- kind: Gateway",
+        wasm_plugin(
+            "url: oci://example.com/a:1\ntargetRefs:\n- group: gateway.networking.k8s.io\n  kind: Gateway\n  name: edge\n"
+            "- group: gateway.networking.k8s.io\n  kind: Gateway"
+        ),
+        "- group: gateway.networking.k8s.io",
         1,
         "spec.targetRefs[1]",
         "kind and name are required",
@@ -543,7 +550,9 @@ ERROR_CASES: dict[str, ErrorCase] = {
         "kind and name are required",
     ),
     "targetRefs entry in another namespace": (
-        wasm_plugin("url: oci://example.com/a:1\ntargetRefs:\n- kind: Gateway\n  name: edge\n  namespace: apps"),
+        wasm_plugin(
+            "url: oci://example.com/a:1\ntargetRefs:\n- group: gateway.networking.k8s.io\n  kind: Gateway\n  name: edge\n  namespace: apps"
+        ),
         "namespace: apps",
         0,
         "spec.targetRefs[0].namespace",
@@ -552,9 +561,9 @@ ERROR_CASES: dict[str, ErrorCase] = {
     "HOST env with a value": (
         wasm_plugin(
             "url: oci://example.com/a:1\nvmConfig:\n  env:\n  - name: A\n    value: x\n"
-            "  - name: B\n    valueFrom: HOST\n    value: y"
+            "  - name: B\n    valueFrom: HOST\n    value: z"
         ),
-        "value: y",
+        "value: z",
         0,
         "spec.vmConfig.env[1].value",
         "may only be set when valueFrom is INLINE",
@@ -940,7 +949,8 @@ def test_target_refs_to_other_kinds_are_valid_with_a_warning(tmp_path: Path) -> 
         """
         url: oci://example.com/a:1
         targetRefs:
-        - kind: Gateway
+        - group: gateway.networking.k8s.io
+          kind: Gateway
           name: edge
         - group: gateway.networking.k8s.io
           kind: GatewayClass
@@ -967,7 +977,9 @@ def test_target_refs_to_other_kinds_are_valid_with_a_warning(tmp_path: Path) -> 
 def test_a_single_target_ref_to_a_service_is_noted_in_the_file_status(tmp_path: Path) -> None:
     from controlplane.source.status import file_status
 
-    text = wasm_plugin("url: oci://example.com/a:1\ntargetRef:\n  kind: ServiceEntry\n  name: external")
+    text = wasm_plugin(
+        "url: oci://example.com/a:1\ntargetRef:\n  group: networking.istio.io\n  kind: ServiceEntry\n  name: external"
+    )
     path = write(tmp_path, "plugin.yaml", text)
     status = file_status(load(tmp_path))[str(path)]
     assert status["state"] == "applied"

@@ -43,9 +43,10 @@ from controlplane.model import (
 from controlplane.translate.resources import ProxyResources, TranslateSettings, translate
 from controlplane.translate.selection import (
     GATEWAY_NAME_LABEL,
-    plugin_applies_to_port,
+    ListenerInfo,
     select_plugins,
     select_sidecar,
+    why_not_on_listener,
 )
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snapshot
 
@@ -299,8 +300,9 @@ def test_match_modes_and_ports_on_sidecar_ingress() -> None:
         ((TrafficSelector(WorkloadMode.CLIENT_AND_SERVER, (80, 443)),), 443, True),
     ],
 )
-def test_plugin_applies_to_port(match: tuple[TrafficSelector, ...], number: int, applies: bool) -> None:
-    assert plugin_applies_to_port(plugin("p", match=match), port(number)) is applies
+def test_plugin_applies_to_an_inbound_port(match: tuple[TrafficSelector, ...], number: int, applies: bool) -> None:
+    inbound = ListenerInfo(f"inbound|{number}", number, WorkloadMode.SERVER)
+    assert (why_not_on_listener(plugin("p", match=match), inbound) == "") is applies
 
 
 def test_sidecar_choice_prefers_selector_then_namespace_then_root() -> None:

@@ -90,6 +90,9 @@ def call_with_retries(call: Callable[[], T], what: str, settings: FetchSettings,
             # An untrusted certificate stays untrusted however often it is asked.
             reason = network_reason(exc)
             retry = not isinstance(getattr(exc, "reason", exc), ssl.SSLCertVerificationError)
+        except http.client.InvalidURL:
+            # Its message quotes the url, login and query included.
+            raise FetchFailed(f"{what} failed: not a valid url (a space, a control character or a bad port)") from None
         except http.client.HTTPException as exc:  # a connection cut mid-body, a garbled status line
             reason, retry = f"{type(exc).__name__}: {exc}", True
         if not retry or attempt == settings.retries or time.monotonic() + delay >= until:
@@ -126,18 +129,6 @@ def read_capped(response: http.client.HTTPResponse, max_bytes: int, what: str, u
 
 
 _READ_BYTES = 1 << 16
-
-
-def redact(url: str) -> str:
-    """The url as logs and status views may show it: without user information, query or fragment, which
-    may carry credentials. Every url a user wrote goes through this before anyone sees it."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    authority, slash, path = rest.partition("/")
-    authority = authority.rpartition("@")[2]
-    shown = f"{authority}{slash}{path}".split("?", 1)[0].split("#", 1)[0]
-    return f"{scheme}{sep}{shown}"
 
 
 def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 import urllib.request
+from concurrent.futures import Executor
 
 from controlplane.model import RegistryCredential
 from controlplane.modules import oci
@@ -17,10 +18,11 @@ from controlplane.modules.download import (
     call_with_retries,
     deadline,
     read_capped,
-    redact,
     split_userinfo,
     tls_context,
 )
+from controlplane.redaction import redact
+from controlplane.regular_file import read_regular_file
 
 
 def is_local(url: str) -> bool:
@@ -32,22 +34,31 @@ def is_http(url: str) -> bool:
 
 
 async def fetch_module(
-    url: str, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = (), known_manifest: str = ""
+    url: str,
+    settings: FetchSettings,
+    credentials: tuple[RegistryCredential, ...] = (),
+    known_manifest: str = "",
+    downloads: Executor | None = None,
 ) -> Fetched | None:
     """`credentials` (from the plugin's pull Secret) are used for OCI registries only. None: the OCI
-    reference still resolves to `known_manifest`, so the module the caller has from it is current."""
+    reference still resolves to `known_manifest`, so the module the caller has from it is current.
+    `downloads`: the threads that wait on the network (default: the loop's). A server that sends slowly holds
+    one of them for up to the download deadline, so a server keeps them apart from the threads that its
+    other work (reading the config, local files) needs."""
     if is_local(url):
         return Fetched(await asyncio.to_thread(_read_file, url[len("file://") :], settings.max_bytes))
+    loop = asyncio.get_running_loop()
     if is_http(url):
         # Unpacking up to --max-module-size is work for a thread too, not for the loop.
-        return Fetched(await asyncio.to_thread(lambda: unpack(_download(url, settings), settings.max_bytes)))
-    return await asyncio.to_thread(oci.pull, url, settings, credentials, known_manifest)
+        return Fetched(
+            await loop.run_in_executor(downloads, lambda: unpack(_download(url, settings), settings.max_bytes))
+        )
+    return await loop.run_in_executor(downloads, oci.pull, url, settings, credentials, known_manifest)
 
 
 def _read_file(path: str, max_bytes: int) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            content = handle.read(max_bytes + 1)
+        content = read_regular_file(path, max_bytes)
     except OSError as exc:
         raise FetchFailed(f"cannot read {path}: {exc.strerror}") from None
     if len(content) > max_bytes:

@@ -15,18 +15,24 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential, WasmPlugin
-from controlplane.modules.download import FetchFailed, FetchSettings, redact
+from controlplane.modules.download import FetchFailed, FetchSettings
 from controlplane.modules.fetch import fetch_module, is_local
 from controlplane.modules.index import IndexEntry, ModuleIndex, entry_name, expired
 from controlplane.modules.policy import ModuleRequest
 from controlplane.modules.store import ModuleStore
 from controlplane.modules.verify import ModuleRejected, verify_module
+from controlplane.redaction import redact
 
 log = logging.getLogger(__name__)
+
+
+MAX_CONCURRENT_DOWNLOADS = 32
+"""Downloads running at once; more wait for one of them to end (each ends by its deadline)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,9 @@ class ModuleResolver:
         self._failures: dict[ModuleKey, int] = {}
         self._retry_at: dict[ModuleKey, float] = {}
         self._url_locks: dict[str, asyncio.Lock] = {}
+        self._downloads = ThreadPoolExecutor(MAX_CONCURRENT_DOWNLOADS, thread_name_prefix="module-download")
+        """Threads of their own: slow registries and servers must not hold those that reloads and disk
+        work run in (asyncio's default pool has only a few)."""
 
     @property
     def statuses(self) -> Mapping[ModuleKey, ModuleStatus]:
@@ -102,10 +111,10 @@ class ModuleResolver:
         while self._fetching:
             await asyncio.gather(*self._fetching.values(), return_exceptions=True)
 
-    async def available(self) -> None:
-        """Waits until every module being fetched has a status: one served from the cache while it is
-        pulled again holds nothing up."""
-        while pending := [task for key, task in self._fetching.items() if key not in self._statuses]:
+    async def available(self, wanted: Callable[[ModuleKey], bool] = lambda key: True) -> None:
+        """Waits until every `wanted` module being fetched has a status: one served from the cache while it
+        is pulled again holds nothing up."""
+        while pending := [task for key, task in self._fetching.items() if key not in self._statuses and wanted(key)]:
             await asyncio.wait(pending, timeout=self._settings.tick_seconds)
 
     async def run(self) -> None:
@@ -222,7 +231,9 @@ class ModuleResolver:
         key = request.key
         async with self._url_locks.setdefault(key.url, asyncio.Lock()):
             cached = self._index.get(key)
-            resolved = await pull_module(key, self._store, self._settings.fetch, request.credentials, cached)
+            resolved = await pull_module(
+                key, self._store, self._settings.fetch, request.credentials, cached, self._downloads
+            )
         status = resolved.status
         if isinstance(status, ModuleReady):
             await asyncio.to_thread(self._index.record, key, status.sha256, status.size, time.time(), resolved.manifest)
@@ -259,14 +270,15 @@ async def pull_module(
     settings: FetchSettings,
     credentials: tuple[RegistryCredential, ...] = (),
     cached: IndexEntry | None = None,
+    downloads: Executor | None = None,
 ) -> Resolved:
     """As `resolve_module`; `cached` is what the index knows of this key. When the registry still resolves
     it to the manifest that module came from and the store holds the module intact, the module stays: it
-    was verified under this same key when it was stored."""
+    was verified under this same key when it was stored. `downloads`: as for `fetch_module`."""
     if cached is not None and not await _reusable(cached, store):
         cached = None
     try:
-        fetched = await fetch_module(key.url, settings, credentials, cached.manifest if cached else "")
+        fetched = await fetch_module(key.url, settings, credentials, cached.manifest if cached else "", downloads)
         if fetched is None:
             assert cached is not None  # only a known manifest is found unchanged
             return Resolved(ModuleReady(cached.sha256, cached.size), cached.manifest, unchanged=True)

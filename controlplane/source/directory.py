@@ -10,10 +10,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from controlplane.errors import ConfigError
-from controlplane.model import Config, PullSecret, Sidecar, WasmPlugin
+from controlplane.model import Config, PullSecret, ServiceEntry, Sidecar, WasmPlugin
+from controlplane.regular_file import read_regular_file
 from controlplane.source.documents import Declared, DocumentKey, DocumentResult, read_document
 from controlplane.source.secrets import missing_pull_secrets
-from controlplane.source.yaml_documents import parse_yaml
+from controlplane.source.yaml_documents import AliasBudget, parse_yaml
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ class FileState:
     documents: tuple[DocumentResult, ...]
     errors: tuple[ConfigError, ...]
     """Errors of the file as a whole (unreadable, YAML syntax)."""
+    empty: bool = False
+    """Holds nothing but white space."""
 
 
 @dataclass(frozen=True)
@@ -50,19 +53,34 @@ class LoadedDirectory:
     """Files that kept their previous version because a writer had them open."""
 
 
-def find_yaml_files(roots: list[str]) -> list[str]:
+@dataclass(frozen=True)
+class FoundFiles:
+    paths: list[str]
+    unlistable: dict[str, str]
+    """Folders that could not be listed (no permission, out of file descriptors), with the reason. What they
+    held is unknown, which is not the same as empty."""
+
+
+def find_yaml_files(roots: list[str]) -> FoundFiles:
     """Every YAML file below the roots, in a stable order; hidden files and folders (editor swap files,
     the `..data` folders of Kubernetes ConfigMaps) are skipped."""
     found: set[str] = set()
+    unlistable: dict[str, str] = {}
+
+    def cannot_list(error: OSError) -> None:
+        unlistable[os.fsdecode(error.filename)] = error.strerror or str(error)
+
     for root in roots:
         if os.path.isfile(root):
             found.add(root)
             continue
         visited: set[tuple[int, int]] = set()
-        for folder, subfolders, files in os.walk(root, followlinks=True):
+        for folder, subfolders, files in os.walk(root, onerror=cannot_list, followlinks=True):
             try:
                 stat = os.stat(folder)
-            except OSError:
+            except OSError as exc:
+                cannot_list(exc)
+                subfolders[:] = []
                 continue
             if (stat.st_dev, stat.st_ino) in visited:
                 # A symlink back up the tree would otherwise be walked until paths get too long, and every
@@ -72,13 +90,13 @@ def find_yaml_files(roots: list[str]) -> list[str]:
             visited.add((stat.st_dev, stat.st_ino))
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
             found.update(os.path.join(folder, f) for f in files if f.endswith(YAML_SUFFIXES) and not f.startswith("."))
-    return sorted(found)
+    return FoundFiles(sorted(found), unlistable)
 
 
-def read_file(path: str, previous: FileState | None) -> FileState:
+def read_file(path: str, previous: FileState | None, budget: AliasBudget | None = None) -> FileState:
+    """`budget`: what YAML aliases may still add in the load this file is read for."""
     try:
-        with open(path, "rb") as handle:
-            content = handle.read(MAX_FILE_BYTES + 1)
+        content = read_regular_file(path, MAX_FILE_BYTES)
     except OSError as exc:
         return FileState(path, "", (), (ConfigError(path, 1, "<file>", f"cannot read: {exc.strerror}"),))
     digest = hashlib.sha256(content).hexdigest()
@@ -92,12 +110,14 @@ def read_file(path: str, previous: FileState | None) -> FileState:
         line = content[: exc.start].count(b"\n") + 1
         return FileState(path, digest, (), (ConfigError(path, line, "<file>", "not UTF-8 text"),))
     try:
-        yaml_documents, errors = parse_yaml(path, text)
+        yaml_documents, errors = parse_yaml(path, text, budget)
+        if budget is not None and path in budget.refused:
+            digest = ""  # not remembered: read again at the next load, with a budget of its own
         results = tuple(r for r in (read_document(d) for d in yaml_documents) if r is not None)
     except Exception as exc:  # a bug must cost this file only, never the reload of every other file
         log.exception("%s: failed to read", path)
         return FileState(path, digest, (), (ConfigError(path, 1, "<file>", f"internal error: {exc!r}"),))
-    return FileState(path, digest, results, tuple(errors))
+    return FileState(path, digest, results, tuple(errors), empty=not text.strip())
 
 
 def load_directory(
@@ -113,20 +133,41 @@ def load_directory(
     files: dict[str, FileState] = {}
     held: set[str] = set()
     missing = missing_roots(roots)
-    for root in missing:
-        # A root renamed away or not mounted yet is not an empty config: pushing that would remove every
-        # plugin from every proxy. What it held keeps serving until it is back.
-        files.update((path, state) for path, state in previous.files.items() if _is_under(path, root))
-    for path in find_yaml_files([r for r in roots if r not in missing]):
+    found = find_yaml_files([r for r in roots if r not in missing])
+    unknown = {root: _root_problem(root) for root in missing} | {
+        folder: f"cannot list: {reason}; what it held keeps serving" for folder, reason in found.unlistable.items()
+    }
+    for folder in unknown:
+        # A root renamed away or not mounted yet, a folder that cannot be listed: not an empty config. Pushing
+        # that would remove their plugins and listeners from every proxy. What they held keeps serving.
+        files.update((path, state) for path, state in previous.files.items() if _is_under(path, folder))
+    budget = AliasBudget()
+    for path in found.paths:
         if being_written and os.path.realpath(path) in being_written:
             held.add(path)
             if path in previous.files:
                 files[path] = previous.files[path]
             continue
-        files[path] = read_file(path, previous.files.get(path))
+        files[path] = _emptied(read_file(path, previous.files.get(path), budget), previous)
     loaded = assemble(files, previous, preferred)
-    root_errors = tuple(ConfigError(root, 1, "<config-dir>", _root_problem(root)) for root in missing)
-    return replace(loaded, being_written=frozenset(held), errors=tuple(sorted(root_errors + loaded.errors)))
+    folder_errors = tuple(
+        ConfigError(folder, 1, "<config-dir>" if folder in roots else "<folder>", problem)
+        for folder, problem in unknown.items()
+    )
+    return replace(loaded, being_written=frozenset(held), errors=tuple(sorted(folder_errors + loaded.errors)))
+
+
+def _emptied(state: FileState, previous: LoadedDirectory) -> FileState:
+    """A file that served documents and is now empty was most likely truncated by mistake (a failed write, a
+    full disk), not emptied to remove them: that is done by deleting it. Like a syntax error, it keeps
+    serving what it held, and says so."""
+    if not state.empty or state.errors:
+        return state
+    held = sorted(str(key) for key, served in previous.served.items() if served.path == state.path)
+    if not held:
+        return state
+    reason = f"empty: still serving its last good {', '.join(held)}; delete the file to remove them"
+    return replace(state, errors=(ConfigError(state.path, 1, "<file>", reason),))
 
 
 def missing_roots(roots: list[str]) -> list[str]:
@@ -192,6 +233,7 @@ def assemble(
         plugins=tuple(v for v in values if isinstance(v, WasmPlugin)),
         sidecars=tuple(v for v in values if isinstance(v, Sidecar)),
         secrets=tuple(v for v in values if isinstance(v, PullSecret)),
+        service_entries=tuple(v for v in values if isinstance(v, ServiceEntry)),
     )
     warnings.extend(missing_pull_secrets(config))
     return LoadedDirectory(

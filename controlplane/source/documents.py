@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import logging
 import os
 import re
@@ -10,10 +10,12 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.api import sidecar_pb2, wasmplugin_pb2
+from controlplane.api import serviceentry_pb2, sidecar_pb2, wasmplugin_pb2
 from controlplane.errors import ConfigError
 from controlplane.image_reference import InvalidReference, parse_reference
 from controlplane.model import (
+    EgressHost,
+    EgressPort,
     EnvVar,
     FailStrategy,
     IngressPort,
@@ -21,6 +23,10 @@ from controlplane.model import (
     PluginType,
     PullPolicy,
     PullSecret,
+    Resolution,
+    ServiceEndpoint,
+    ServiceEntry,
+    ServicePort,
     Sidecar,
     SourceRef,
     TargetRef,
@@ -29,6 +35,7 @@ from controlplane.model import (
     WorkloadMode,
     labels_from,
 )
+from controlplane.source.go_json import struct_json
 from controlplane.source.schema import Problem, parse_message
 from controlplane.source.secrets import DOCKER_CONFIG_JSON_TYPE, SECRET_API_VERSIONS, read_pull_secret
 from controlplane.source.yaml_documents import FieldPath, YamlDocument, format_field_path
@@ -39,6 +46,7 @@ WASM_PLUGIN_API_VERSIONS = frozenset({"extensions.istio.io/v1alpha1"})
 SIDECAR_API_VERSIONS = frozenset(
     {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"}
 )
+SERVICE_ENTRY_API_VERSIONS = SIDECAR_API_VERSIONS
 DEFAULT_NAMESPACE = "default"
 """Of a document without metadata.namespace (as `kubectl apply`) and of a proxy without NAMESPACE."""
 URL_SCHEMES = ("oci://", "file://", "http://", "https://")
@@ -62,7 +70,7 @@ class DocumentKey:
         return f"{self.kind} {self.namespace}/{self.name}"
 
 
-Declared = WasmPlugin | Sidecar | PullSecret
+Declared = WasmPlugin | Sidecar | ServiceEntry | PullSecret
 
 
 @dataclass(frozen=True)
@@ -88,12 +96,14 @@ def read_document(document: YamlDocument) -> DocumentResult | None:
     if kind == "Secret" and data.get("type") != DOCKER_CONFIG_JSON_TYPE:
         log.info("%s: skipping Secret of type %r: only %s is used", source, data.get("type"), DOCKER_CONFIG_JSON_TYPE)
         return None
-    if kind not in ("WasmPlugin", "Sidecar", "Secret"):
+    if kind not in ("WasmPlugin", "Sidecar", "ServiceEntry", "Secret"):
         log.info("%s: skipping %s %s: not a kind this control plane acts on", source, api_version, kind)
         return None
-    expected_versions = {"WasmPlugin": WASM_PLUGIN_API_VERSIONS, "Sidecar": SIDECAR_API_VERSIONS}.get(
-        kind, SECRET_API_VERSIONS
-    )
+    expected_versions = {
+        "WasmPlugin": WASM_PLUGIN_API_VERSIONS,
+        "Sidecar": SIDECAR_API_VERSIONS,
+        "ServiceEntry": SERVICE_ENTRY_API_VERSIONS,
+    }.get(kind, SECRET_API_VERSIONS)
     if not isinstance(api_version, str) or api_version not in expected_versions:
         problems.append(
             (
@@ -129,6 +139,8 @@ def read_document(document: YamlDocument) -> DocumentResult | None:
     elif key is not None:
         if kind == "WasmPlugin":
             value, spec_problems = _read_wasm_plugin(spec, key, document, source)
+        elif kind == "ServiceEntry":
+            value, spec_problems = _read_service_entry(spec, key, source)
         else:
             value, spec_problems = _read_sidecar(spec, key, source)
         problems.extend(spec_problems)
@@ -158,10 +170,14 @@ def _target_ref_notes(spec: Any) -> list[Problem]:
     the others select nothing rather than let them fail silently."""
     if not isinstance(spec, dict):
         return []
+    notes: list[Problem] = []
+    selector = spec.get("selector")
+    if isinstance(selector, dict) and not selector.get("matchLabels"):
+        # Istio's validateWorkloadSelector warns too: a selector without labels selects every workload.
+        notes.append((("spec", "selector"), "workload selector specified without labels: selects every proxy"))
     refs: list[tuple[FieldPath, Any]] = [(("spec", "targetRef"), spec.get("targetRef"))]
     if isinstance(spec.get("targetRefs"), list):
         refs += [(("spec", "targetRefs", i), ref) for i, ref in enumerate(spec["targetRefs"])]
-    notes: list[Problem] = []
     for at, ref in refs:
         kind = ref.get("kind") if isinstance(ref, dict) else None
         if isinstance(kind, str) and kind and kind != "Gateway":
@@ -198,10 +214,13 @@ def _read_wasm_plugin(
         spec.HasField("targetRef")
     )
     for ref, ref_at in zip(target_refs, ref_paths, strict=True):
-        if not ref.kind or not ref.name:
-            problems.append((ref_at, "kind and name are required"))
-        if ref.namespace and ref.namespace != key.namespace:
-            problems.append((ref_at + ("namespace",), "cross namespace referencing is not currently supported"))
+        problems.extend(_target_ref_problems(ref, ref_at))
+    if spec.HasField("selector"):
+        problems.extend(_selector_problems(spec.selector.match_labels, at + ("selector", "matchLabels")))
+    # The CRD's minLength: 1 refuses an empty string that is written out, while leaving the field out is fine.
+    for field_name in ("pluginName", "imagePullSecret"):
+        if data.get(field_name) == "":
+            problems.append((at + (field_name,), "must not be empty; leave the field out instead"))
     if len(spec.image_pull_secret) > 253:
         problems.append((at + ("imagePullSecret",), "at most 253 characters"))
     if len(spec.plugin_name) > 256:
@@ -212,8 +231,9 @@ def _read_wasm_plugin(
         problems.append((at + ("vmConfig", "env"), "at most 256 entries"))
     for index, env in enumerate(spec.vm_config.env):
         env_at = at + ("vmConfig", "env", index)
-        if not _C_IDENTIFIER.match(env.name):
-            problems.append((env_at + ("name",), f"{env.name!r} is not a C identifier"))
+        # Any name of 1 to 256 characters, as Istio's CRD allows: Envoy hands the VM names as they are.
+        if not 1 <= len(env.name) <= 256:
+            problems.append((env_at + ("name",), "required, 1 to 256 characters"))
         if env.name in env_names:
             problems.append((env_at + ("name",), f"duplicate variable {env.name!r}"))
         env_names.add(env.name)
@@ -223,18 +243,23 @@ def _read_wasm_plugin(
             problems.append((env_at + ("value",), "at most 2048 characters"))
 
     for index, selector in enumerate(spec.match):
+        seen_ports: set[int] = set()
         for port_index, port in enumerate(selector.ports):
+            port_at = at + ("match", index, "ports", port_index, "number")
             if not 1 <= port.number <= 65535:
-                problems.append((at + ("match", index, "ports", port_index, "number"), "must be 1 to 65535"))
+                problems.append((port_at, "must be 1 to 65535"))
+            elif port.number in seen_ports:
+                # The CRD keys this list by number (x-kubernetes-list-type: map).
+                problems.append((port_at, f"port {port.number} is listed twice"))
+            seen_ports.add(port.number)
 
-    url = _resolve_file_url(spec.url, document.path)
+    url = _resolve_file_url(_lower_scheme(spec.url), document.path)
     if problems:
         return None, problems
     plugin_config = ""
     if spec.HasField("plugin_config") and spec.plugin_config.fields:
-        # From the YAML value rather than the Struct, which would turn every integer into a float (2.0).
-        raw = data.get("pluginConfig", data.get("plugin_config"))
-        plugin_config = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+        # As Istio writes the Struct: every number a float64 printed by Go's encoding/json (`2.0` is `2`).
+        plugin_config = struct_json(data["pluginConfig"])
     return (
         WasmPlugin(
             namespace=key.namespace,
@@ -268,14 +293,82 @@ def _read_wasm_plugin(
     )
 
 
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+TARGET_REF_KINDS = (
+    ("core", "Service"),
+    ("networking.istio.io", "ServiceEntry"),
+    (GATEWAY_API_GROUP, "Gateway"),
+    (GATEWAY_API_GROUP, "GatewayClass"),
+)
+"""(group, kind) a targetRef may name: Istio's allowedTargetRefs (pkg/config/validation/validation.go); the
+core group is written "" or "core"."""
+_TARGET_GROUP = re.compile(r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_TARGET_KIND = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+
+
+def canonical_group(group: str) -> str:
+    return group or "core"
+
+
+def _target_ref_problems(ref: Any, at: FieldPath) -> list[Problem]:
+    """Istio's CRD (kind and name required, their patterns, no namespace) and validatePolicyTargetReference."""
+    problems: list[Problem] = []
+    if not ref.kind or not ref.name:
+        problems.append((at, "kind and name are required"))
+    if len(ref.name) > 253:
+        problems.append((at + ("name",), "at most 253 characters"))
+    if ref.kind and (len(ref.kind) > 63 or not _TARGET_KIND.match(ref.kind)):
+        problems.append((at + ("kind",), f"{ref.kind!r} is not a kind name"))
+    if len(ref.group) > 253 or not _TARGET_GROUP.match(ref.group):
+        problems.append((at + ("group",), f"{ref.group!r} is not an API group"))
+    elif ref.kind and (canonical_group(ref.group), ref.kind) not in TARGET_REF_KINDS:
+        allowed = ", ".join(f"{g}/{k}" for g, k in TARGET_REF_KINDS)
+        problems.append((at, f"targetRef must be to one of {allowed}, but was {ref.group or 'core'}/{ref.kind}"))
+    if ref.namespace:
+        problems.append((at + ("namespace",), "cross namespace referencing is not currently supported"))
+    return problems
+
+
+def _selector_problems(labels: Any, at: FieldPath) -> list[Problem]:
+    """Istio's CRD (no `*`, no empty key, values of at most 63 characters) and validateWorkloadSelector."""
+    problems: list[Problem] = []
+    for key, value in labels.items():
+        if not key:
+            problems.append((at, "key must not be empty"))
+        elif "*" in key:
+            problems.append((at + (key,), "wildcard not allowed in label key match"))
+        if "*" in value:
+            problems.append((at + (key,), "wildcard not allowed in label value match"))
+        if len(value) > 63:
+            problems.append((at + (key,), "at most 63 characters"))
+    return problems
+
+
+def _scheme(url: str) -> str:
+    """The scheme of a url, lower-cased (as Go's url.Parse, which Istio uses, reads it), or ""."""
+    head, sep, _ = url.partition("://")
+    return head.lower() if sep and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*$", head) else ""
+
+
+def _lower_scheme(url: str) -> str:
+    scheme = _scheme(url)
+    return scheme + url[len(scheme) :] if scheme else url
+
+
 def _url_problem(url: str) -> str:
     """What is wrong with the form of a module url, or "": what can be told without the network."""
     if not url:
         return "required"
-    if "://" in url and not url.startswith(URL_SCHEMES):
+    if "://" in url and _scheme(url) + "://" not in URL_SCHEMES:
         return f"scheme must be one of {', '.join(s[:-3] for s in URL_SCHEMES)}"
+    url = _lower_scheme(url)
     if url.startswith(("http://", "https://")):
-        return "" if urllib.parse.urlsplit(url).hostname else "has no host"
+        parts = urllib.parse.urlsplit(url)
+        try:
+            _ = parts.port
+        except ValueError:  # its message quotes the port, which may be part of a password
+            return "has a port that is not a number (a `/`, `?` or `#` in a login must be escaped: %2F, %3F, %23)"
+        return "" if parts.hostname else "has no host"
     if url.startswith("file://"):
         return "" if url.removeprefix("file://") else "has no path"
     try:
@@ -317,7 +410,146 @@ def _read_sidecar(data: Any, key: DocumentKey, source: SourceRef) -> tuple[Sidec
             if match is None or not 1 <= int(match.group(2)) <= 65535:
                 problems.append((at + ("defaultEndpoint",), f"{endpoint!r} is not HOST:PORT or unix://PATH"))
         ports.append(IngressPort(number, ingress.port.protocol.upper(), ingress.port.name, ingress.bind, endpoint))
+    egress: list[EgressPort] = []
+    for index, listener in enumerate(spec.egress):
+        at = ("spec", "egress", index)
+        number = listener.port.number
+        # Without a port, Istio's catch-all for captured traffic: no listener here (nothing is captured), but
+        # its hosts still say which services the proxy gets clusters for.
+        if number > 65535:
+            problems.append((at + ("port", "number"), "must be 1 to 65535"))
+        elif number in seen_ports:
+            problems.append((at + ("port", "number"), f"port {number} is declared twice"))
+        if number:
+            seen_ports.add(number)
+        bind = listener.bind or "127.0.0.1"
+        if not _is_ip(bind):
+            problems.append((at + ("bind",), f"{bind!r} is not an IP address"))
+        if not listener.hosts:
+            problems.append((at + ("hosts",), "required: the services this listener routes to, as namespace/host"))
+        hosts: list[EgressHost] = []
+        for host_index, text in enumerate(listener.hosts):
+            host, problem = _egress_host(text)
+            if problem:
+                problems.append((at + ("hosts", host_index), problem))
+            elif host is not None:
+                hosts.append(host)
+        egress.append(EgressPort(number, listener.port.protocol.upper(), listener.port.name, bind, tuple(hosts)))
     if problems:
         return None, problems
     selector = labels_from(spec.workload_selector.labels) if spec.HasField("workload_selector") else None
-    return Sidecar(key.namespace, key.name, selector, tuple(ports), source), []
+    return Sidecar(key.namespace, key.name, selector, tuple(ports), source, tuple(egress)), []
+
+
+def _egress_host(text: str) -> tuple[EgressHost | None, str]:
+    """`namespace/dnsName` as Istio's validateNamespaceSlashWildcardHostname reads it."""
+    namespace, sep, host = text.partition("/")
+    if not sep or not namespace or not host:
+        return None, f"{text!r} is not namespace/host (e.g. ./api.example.com or */*)"
+    if namespace not in ("*", ".", "~") and not _DNS_LABEL.match(namespace):
+        return None, f"{namespace!r} is not a namespace, *, . or ~"
+    if host != "*" and not _DNS_SUBDOMAIN.match(host.removeprefix("*.").lower()):
+        return None, f"{host!r} is not a host name, *.suffix or *"
+    return EgressHost(namespace, host), ""
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+_RESOLUTIONS = {
+    serviceentry_pb2.ServiceEntrySpec.NONE: Resolution.NONE,
+    serviceentry_pb2.ServiceEntrySpec.STATIC: Resolution.STATIC,
+    serviceentry_pb2.ServiceEntrySpec.DNS: Resolution.DNS,
+    serviceentry_pb2.ServiceEntrySpec.DNS_ROUND_ROBIN: Resolution.DNS_ROUND_ROBIN,
+}
+
+
+def _read_service_entry(data: Any, key: DocumentKey, source: SourceRef) -> tuple[ServiceEntry | None, list[Problem]]:
+    """The checks of Istio's ValidateServiceEntry (pkg/config/validation/validation.go) that decide whether
+    clusters can be built."""
+    spec, problems = parse_message(data, serviceentry_pb2.ServiceEntrySpec, ("spec",))
+    if spec is None:
+        return None, problems
+    at: FieldPath = ("spec",)
+    if not spec.hosts:
+        problems.append((at + ("hosts",), "service entry must have at least one host"))
+    for index, host in enumerate(spec.hosts):
+        if host == "*" or not _DNS_SUBDOMAIN.match(host.removeprefix("*.").lower()):
+            problems.append((at + ("hosts", index), f"invalid host {host!r}"))
+    if not spec.ports:
+        problems.append((at + ("ports",), "required: the ports the service is reached on"))
+    names: set[str] = set()
+    numbers: set[int] = set()
+    for index, port in enumerate(spec.ports):
+        port_at = at + ("ports", index)
+        if not 1 <= port.number <= 65535:
+            problems.append((port_at + ("number",), "required, 1 to 65535"))
+        elif port.number in numbers:
+            problems.append((port_at + ("number",), f"service entry port {port.number} already defined"))
+        if port.name in names:
+            problems.append((port_at + ("name",), f"service entry port name {port.name!r} already defined"))
+        if port.target_port and not 1 <= port.target_port <= 65535:
+            problems.append((port_at + ("targetPort",), "must be 1 to 65535"))
+        names.add(port.name)
+        numbers.add(port.number)
+    resolution = _RESOLUTIONS.get(spec.resolution)
+    if resolution is None:
+        problems.append((at + ("resolution",), "DYNAMIC_DNS is for ztunnel and waypoints; use DNS or STATIC"))
+    if resolution is Resolution.NONE and spec.endpoints:
+        problems.append((at + ("endpoints",), "no endpoints should be provided for resolution type NONE"))
+    if resolution is Resolution.DNS_ROUND_ROBIN and len(spec.endpoints) > 1:
+        problems.append((at + ("endpoints",), "there must only be 0 or 1 endpoint for resolution mode DNS_ROUND_ROBIN"))
+    if resolution is Resolution.STATIC and not spec.endpoints:
+        problems.append((at + ("endpoints",), "required for resolution STATIC: the addresses to send traffic to"))
+    if resolution in (Resolution.DNS, Resolution.DNS_ROUND_ROBIN) and not spec.endpoints:
+        for index, host in enumerate(spec.hosts):
+            if host.startswith("*"):
+                problems.append(
+                    (at + ("hosts", index), f"a wildcard host needs endpoints for resolution {resolution.value}")
+                )
+    endpoints: list[ServiceEndpoint] = []
+    for index, endpoint in enumerate(spec.endpoints):
+        endpoint_at = at + ("endpoints", index)
+        address = endpoint.address
+        if resolution is Resolution.STATIC and not (_is_ip(address) or address.startswith("unix://")):
+            problems.append((endpoint_at + ("address",), f"{address!r} is not an IP address or unix:// path"))
+        elif not (_is_ip(address) or address.startswith("unix://") or _DNS_SUBDOMAIN.match(address.lower())):
+            problems.append(
+                (endpoint_at + ("address",), f"endpoint address {address!r} is not a valid FQDN or an IP address")
+            )
+        for name, number in endpoint.ports.items():
+            if name not in names:
+                problems.append(
+                    (endpoint_at + ("ports", name), f"endpoint port {name!r} is not defined by the service entry")
+                )
+            if not 1 <= number <= 65535:
+                problems.append((endpoint_at + ("ports", name), "must be 1 to 65535"))
+        endpoints.append(ServiceEndpoint(address, tuple(sorted(endpoint.ports.items()))))
+    if spec.HasField("workload_selector"):
+        problems.append((at + ("workloadSelector",), "not supported: name the endpoints"))
+    for index, target in enumerate(spec.export_to):
+        # Istio's validateExportTo: `.`, `*`, `~` (alone) or a namespace.
+        if target not in (".", "*", "~") and not _DNS_LABEL.match(target):
+            problems.append((at + ("exportTo", index), f"{target!r} is not ., *, ~ or a namespace"))
+    if "~" in spec.export_to and len(spec.export_to) > 1:
+        problems.append((at + ("exportTo",), "~ (no namespace) cannot be combined with others"))
+    if problems or resolution is None:
+        return None, problems
+    return (
+        ServiceEntry(
+            namespace=key.namespace,
+            name=key.name,
+            hosts=tuple(spec.hosts),
+            ports=tuple(ServicePort(p.number, p.protocol.upper(), p.name, p.target_port) for p in spec.ports),
+            resolution=resolution,
+            endpoints=tuple(endpoints),
+            export_to=tuple(spec.export_to),
+            source=source,
+        ),
+        [],
+    )

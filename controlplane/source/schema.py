@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -50,7 +51,9 @@ def _check_message(data: Any, descriptor: Descriptor, at: FieldPath) -> list[Pro
     if not isinstance(data, dict):
         return [(at, f"expected a mapping, got {_describe(data)}")]
     problems: list[Problem] = []
-    fields = {f.json_name: f for f in descriptor.fields} | {f.name: f for f in descriptor.fields}
+    # Field names as Istio's CRDs spell them (camelCase) and no other way: the API server refuses
+    # `plugin_config`, so accepting it here would pass a file that `kubectl apply` rejects.
+    fields = {f.json_name: f for f in descriptor.fields}
     for key, value in data.items():
         path = at + (str(key),)
         field = fields.get(str(key))
@@ -129,6 +132,8 @@ def _check_json_value(value: Any, at: FieldPath) -> list[Problem]:
         return [p for index, item in enumerate(value) for p in _check_json_value(item, at + (index,))]
     if isinstance(value, float) and not math.isfinite(value):
         return [(at, "not a finite number")]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+        return [(at, "too large for a JSON number (a float64)")]
     if value is None or isinstance(value, (str, int, float, bool)):
         return []
     return [(at, f"{_describe(value)} cannot be expressed in JSON; quote it")]

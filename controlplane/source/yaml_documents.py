@@ -9,11 +9,14 @@ import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from controlplane.errors import ConfigError
+from controlplane.source import go_yaml_scalars
+
+T = TypeVar("T")
 
 FieldPath = tuple[str | int, ...]
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_./-]+$")
@@ -23,6 +26,22 @@ MAX_DEPTH = 64
 MAX_NODES = 100_000
 """Nodes of one document once aliases are expanded: stops a "billion laughs" document from hanging the loader
 (every later step walks the expanded tree)."""
+MAX_ALIASED_PER_FILE = 100_000
+"""Values that aliases add to the documents of one file, all together: many documents each just under
+MAX_NODES would otherwise cost as much as one without a cap."""
+MAX_ALIASED_PER_LOAD = 200_000
+"""Values that aliases add to all the files parsed in one load: caps the work of a reload however many such
+files there are. Real configs use aliases for a few shared defaults, thousands of values at most."""
+
+
+@dataclass
+class AliasBudget:
+    """What aliases may still add in one load; shared by the files it parses."""
+
+    remaining: int = MAX_ALIASED_PER_LOAD
+    refused: set[str] = field(default_factory=set)
+    """Files refused because the load's budget ran out: their own content may be fine, so they are read
+    again at the next load rather than remembered as broken."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +83,29 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
     means the same here: a timestamp stays the text it was written as and every mapping key becomes a
     string. Duplicate keys, which PyYAML silently lets the last one win, are reported by `_record_lines`."""
 
+    def resolve(self, kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode and implicit[0]:
+            return go_yaml_scalars.resolve_plain(value)[0]
+        return str(super().resolve(kind, value, implicit))
+
     # go-yaml v2 keeps timestamps as strings when decoding into interface{}, for backward compatibility.
     def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> str:
         return str(node.value)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        return self._scalar(node, go_yaml_scalars.construct_int)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        return self._scalar(node, go_yaml_scalars.construct_float)
+
+    def construct_yaml_bool(self, node: yaml.ScalarNode) -> bool:
+        return self._scalar(node, go_yaml_scalars.construct_bool)
+
+    def _scalar(self, node: yaml.ScalarNode, construct: Callable[[str], T]) -> T:
+        try:
+            return construct(str(self.construct_scalar(node)))
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(None, None, str(exc), node.start_mark) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:
         self.flatten_mapping(node)  # merged keys first, so that the mapping's own keys win, as in PyYAML
@@ -77,6 +116,9 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
 
 
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+_Loader.add_constructor("tag:yaml.org,2002:bool", _Loader.construct_yaml_bool)
 
 
 def _json_key(key: Any, node: yaml.Node) -> str:
@@ -150,11 +192,13 @@ def _too_deep(text: str) -> int | None:
     return None
 
 
-def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigError]]:
-    """Every non-empty document of `text`, or no document and the errors that make the file unusable."""
+def parse_yaml(path: str, text: str, budget: AliasBudget | None = None) -> tuple[list[YamlDocument], list[ConfigError]]:
+    """Every non-empty document of `text`, or no document and the errors that make the file unusable.
+    `budget`: what aliases may add in the load this file is part of; charged for what they add here."""
     documents: list[YamlDocument] = []
     errors: list[ConfigError] = []
     loader: _Loader | None = None
+    aliased = 0
     try:
         deep_at = _too_deep(text)
         if deep_at is not None:
@@ -164,7 +208,16 @@ def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigErr
             node = loader.get_node()
             if node is None:
                 continue
-            shape_problem = _shape_problem(node)
+            shape_problem, added = _shape(node)
+            aliased += added
+            if shape_problem is None and aliased > MAX_ALIASED_PER_FILE:
+                shape_problem = f"aliases in this file add more than {MAX_ALIASED_PER_FILE} values"
+            if shape_problem is None and budget is not None and aliased > budget.remaining:
+                budget.refused.add(path)
+                shape_problem = (
+                    f"aliases in the files of this load add more than {MAX_ALIASED_PER_LOAD} values; "
+                    "this file is read again at the next load"
+                )
             if shape_problem is not None:
                 return [], [ConfigError(path, node.start_mark.line + 1, "<yaml>", shape_problem)]
             lines: dict[FieldPath, int] = {}
@@ -192,12 +245,14 @@ def parse_yaml(path: str, text: str) -> tuple[list[YamlDocument], list[ConfigErr
     if errors:
         # A duplicate key makes the file mean something other than what its author may think: take none of it.
         return [], errors
+    if budget is not None:
+        budget.remaining -= aliased
     return documents, errors
 
 
-def _shape_problem(root: yaml.Node) -> str | None:
+def _shape(root: yaml.Node) -> tuple[str | None, int]:
     """Why a document's node graph cannot be walked safely (too deep, an alias that contains itself, too
-    large once aliases are expanded), or None."""
+    large once aliases are expanded), or None; and how many values its aliases add to it."""
     sizes: dict[int, int] = {}
     open_nodes: set[int] = set()
 
@@ -225,10 +280,10 @@ def _shape_problem(root: yaml.Node) -> str | None:
         return total
 
     try:
-        size(root, 0)
+        expanded = size(root, 0)
     except _Unsafe as exc:
-        return str(exc)
-    return None
+        return str(exc), 0
+    return None, expanded - len(sizes)
 
 
 class _Unsafe(Exception):

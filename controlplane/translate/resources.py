@@ -36,6 +36,7 @@ from google.protobuf.message import Message
 
 from controlplane.model import (
     Config,
+    EgressPort,
     FailStrategy,
     IngressPort,
     ModuleFailed,
@@ -44,9 +45,21 @@ from controlplane.model import (
     ModuleStatus,
     PluginType,
     ProxyClass,
+    Resolution,
+    ServiceEndpoint,
+    ServiceEntry,
+    Sidecar,
     WasmPlugin,
 )
-from controlplane.translate.selection import plugin_applies_to_port, select_plugins, select_sidecar
+from controlplane.translate.selection import (
+    ListenerInfo,
+    egress_host_matches,
+    listener_side,
+    select_plugins,
+    select_sidecar,
+    visible_services,
+    why_not_on_listener,
+)
 
 ECDS_NAME_PREFIX = "extensions.istio.io/wasmplugin/"
 MODULE_CLUSTER = "wasm-modules"
@@ -102,16 +115,18 @@ def translate(
     """`inline_modules` (module bytes by sha256) are sent inside the configs instead of fetched by Envoy;
     `retired` names plugins this proxy was sent and that are gone, which then let every request through."""
     sidecar = select_sidecar(config, proxy, settings.root_namespace)
-    ports = sidecar.ingress if sidecar else ()
     # Every selected plugin gets its config, used by a listener here or not: a proxy with listeners of
     # its own names the plugins it wants, and a proxy only subscribes to the names it uses.
     plugins = select_plugins(config, proxy, settings.root_namespace)
+    services = visible_services(config, proxy, sidecar)
     clusters = [_endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
-    clusters += [_upstream_cluster(port) for port in ports]
-    per_port = [[p for p in plugins if plugin_applies_to_port(p, port)] for port in ports]
-    listeners = [_listener(port, used) for port, used in zip(ports, per_port, strict=True)]
+    clusters += [_upstream_cluster(port) for port in (sidecar.ingress if sidecar else ())]
+    clusters += [c for service, host in services for c in _service_clusters(service, host)]
+    plans = listener_plans(sidecar, proxy, services)
+    per_listener = [[p for p in plugins if not why_not_on_listener(p, plan.info)] for plan in plans]
+    listeners = [_listener(plan, used) for plan, used in zip(plans, per_listener, strict=True)]
     if settings.module_delivery == "remote":
-        for listener, used in zip(listeners, per_port, strict=True):
+        for listener, used in zip(listeners, per_listener, strict=True):
             _mark_modules(listener, [modules.get(p.module) for p in used])
     extension_configs = [
         config_
@@ -130,28 +145,96 @@ def listener_name(port: IngressPort) -> str:
     return f"inbound|{port.number}"
 
 
-def _listener(port: IngressPort, plugins: list[WasmPlugin]) -> listener_pb2.Listener:
+def outbound_cluster_name(port: int, host: str) -> str:
+    """Istio's name for a service's cluster, which plugins use to call the service."""
+    return f"outbound|{port}||{host}"
+
+
+def egress_listener_name(port: EgressPort) -> str:
+    """As Istio names a Sidecar egress listener bound to an address."""
+    return f"{port.bind}_{port.number}"
+
+
+@dataclass(frozen=True)
+class Route:
+    domains: tuple[str, ...]
+    cluster: str
+
+
+@dataclass(frozen=True)
+class ListenerPlan:
+    """One listener a proxy gets, before plugins are placed on it."""
+
+    info: ListenerInfo
+    bind: str
+    protocol: str
+    routes: tuple[Route, ...]
+    """HTTP: a virtual host each; TCP: the first takes the connection."""
+
+
+def listener_plans(
+    sidecar: Sidecar | None, proxy: ProxyClass, services: list[tuple[ServiceEntry, str]]
+) -> list[ListenerPlan]:
+    """Inbound listeners from the Sidecar's `ingress` (SERVER-side), outbound ones from its `egress`
+    (CLIENT-side, routing to the services its `hosts` name); every listener of a gateway is CLIENT-side."""
+    if sidecar is None:
+        return []
+    plans = [
+        ListenerPlan(
+            ListenerInfo(listener_name(port), port.number, listener_side(proxy, inbound=True)),
+            port.bind or "0.0.0.0",
+            port.protocol,
+            (Route(("*",), upstream_cluster_name(port)),),
+        )
+        for port in sidecar.ingress
+    ]
+    for port in sidecar.egress:
+        if not port.number:
+            continue
+        routes = []
+        for service, host in services:
+            if not any(egress_host_matches(h, sidecar.namespace, service, host) for h in port.hosts):
+                continue
+            for service_port in service.ports:
+                if service_port.number == port.number and service.resolution is not Resolution.NONE:
+                    routes.append(Route((host, f"{host}:{port.number}"), outbound_cluster_name(port.number, host)))
+        plans.append(
+            ListenerPlan(
+                ListenerInfo(egress_listener_name(port), port.number, listener_side(proxy, inbound=False)),
+                port.bind,
+                port.protocol,
+                tuple(routes),
+            )
+        )
+    return plans
+
+
+def _listener(plan: ListenerPlan, plugins: list[WasmPlugin]) -> listener_pb2.Listener:
     network_filters = [
         listener_components_pb2.Filter(name=ecds_name(p), config_discovery=_discovery(NETWORK_FILTER_TYPES))
         for p in plugins
         if p.type == PluginType.NETWORK
     ]
     http_plugins = [p for p in plugins if p.type == PluginType.HTTP]
-    stat_prefix = f"inbound_{port.number}"
-    if port.protocol in HTTP_PROTOCOLS:
+    stat_prefix = plan.info.name.replace("|", "_")
+    if plan.protocol in HTTP_PROTOCOLS:
         terminal = _typed_filter(
-            "envoy.filters.network.http_connection_manager", _http_connection_manager(port, http_plugins)
+            "envoy.filters.network.http_connection_manager", _http_connection_manager(plan, http_plugins)
         )
     else:
+        # Without a service to go to the connection is refused: Envoy has no cluster of that name.
+        cluster = plan.routes[0].cluster if plan.routes else BLACK_HOLE_CLUSTER
         terminal = _typed_filter(
-            "envoy.filters.network.tcp_proxy",
-            tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=upstream_cluster_name(port)),
+            "envoy.filters.network.tcp_proxy", tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)
         )
     return listener_pb2.Listener(
-        name=listener_name(port),
-        address=_socket_address(port.bind or "0.0.0.0", port.number),
+        name=plan.info.name,
+        address=_socket_address(plan.bind, plan.info.port),
         filter_chains=[listener_components_pb2.FilterChain(filters=[*network_filters, terminal])],
     )
+
+
+BLACK_HOLE_CLUSTER = "BlackHoleCluster"
 
 
 MODULES_METADATA = "wasm-controlplane"
@@ -167,23 +250,29 @@ def _mark_modules(listener: listener_pb2.Listener, statuses: list[ModuleStatus |
         listener.metadata.filter_metadata[MODULES_METADATA].update({"modules": shas})
 
 
-def _http_connection_manager(port: IngressPort, plugins: list[WasmPlugin]) -> hcm_pb2.HttpConnectionManager:
-    route = route_components_pb2.Route(
-        match=route_components_pb2.RouteMatch(prefix="/"),
-        route=route_components_pb2.RouteAction(
-            cluster=upstream_cluster_name(port), timeout=duration_pb2.Duration(seconds=0)
-        ),
-    )
+def _http_connection_manager(plan: ListenerPlan, plugins: list[WasmPlugin]) -> hcm_pb2.HttpConnectionManager:
+    virtual_hosts = [
+        route_components_pb2.VirtualHost(
+            name=route.cluster,
+            domains=list(route.domains),
+            routes=[
+                route_components_pb2.Route(
+                    match=route_components_pb2.RouteMatch(prefix="/"),
+                    route=route_components_pb2.RouteAction(
+                        cluster=route.cluster, timeout=duration_pb2.Duration(seconds=0)
+                    ),
+                )
+            ],
+        )
+        for route in plan.routes
+    ]
     filters = [hcm_pb2.HttpFilter(name=ecds_name(p), config_discovery=_discovery(HTTP_FILTER_TYPES)) for p in plugins]
     router = hcm_pb2.HttpFilter(name="envoy.filters.http.router")
     router.typed_config.Pack(router_pb2.Router())
     return hcm_pb2.HttpConnectionManager(
-        stat_prefix=f"inbound_{port.number}",
+        stat_prefix=plan.info.name.replace("|", "_"),
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        route_config=route_pb2.RouteConfiguration(
-            name=listener_name(port),
-            virtual_hosts=[route_components_pb2.VirtualHost(name=listener_name(port), domains=["*"], routes=[route])],
-        ),
+        route_config=route_pb2.RouteConfiguration(name=plan.info.name, virtual_hosts=virtual_hosts),
         http_filters=[*filters, router],
     )
 
@@ -204,9 +293,12 @@ def _discovery(type_urls: tuple[str, ...]) -> config_source_pb2.ExtensionConfigS
 def _extension_config(
     plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, inline_modules: Mapping[str, bytes]
 ) -> extension_pb2.TypedExtensionConfig | None:
-    """None while the module is still being fetched: the listener then waits for this config."""
+    """None while the module is still being fetched, so that the listener waits for this config; except for
+    a FAIL_OPEN plugin, which lets requests through meanwhile (its stand-in) rather than hold the listener."""
     if status is None:
-        return None
+        if plugin.fail_strategy != FailStrategy.FAIL_OPEN:
+            return None
+        status = ModuleFailed("still being fetched")
     config = extension_pb2.TypedExtensionConfig(name=ecds_name(plugin))
     if isinstance(status, ModuleReady):
         plugin_config = _plugin_config(plugin, status, settings, inline_modules.get(status.sha256))
@@ -309,7 +401,7 @@ def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
     endpoint = port.default_endpoint
     if endpoint.startswith("unix://"):
         address = address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint[len("unix://") :]))
-        return _cluster(upstream_cluster_name(port), address, cluster_pb2.Cluster.STATIC)
+        return _cluster(upstream_cluster_name(port), [address], cluster_pb2.Cluster.STATIC)
     host, _, port_text = endpoint.rpartition(":")
     host = host.strip("[]")
     # `0.0.0.0:PORT`, `[::]:PORT` or `:PORT` mean "the workload's own address" in Istio; beside the workload
@@ -317,22 +409,57 @@ def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     cluster = _endpoint_cluster(upstream_cluster_name(port), host, int(port_text))
     if port.protocol in HTTP2_PROTOCOLS:
-        # The connection manager takes h2 from clients; a gRPC backend must be spoken to in h2 too.
-        options = http_protocol_options_pb2.HttpProtocolOptions(
-            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-            )
-        )
-        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options, deterministic=True)
+        _speak_http2(cluster)
     return cluster
+
+
+def _speak_http2(cluster: cluster_pb2.Cluster) -> None:
+    """The connection manager takes h2 from clients; a gRPC backend must be spoken to in h2 too."""
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options, deterministic=True)
+
+
+_DISCOVERY_TYPES = {
+    Resolution.STATIC: cluster_pb2.Cluster.STATIC,
+    Resolution.DNS: cluster_pb2.Cluster.STRICT_DNS,
+    Resolution.DNS_ROUND_ROBIN: cluster_pb2.Cluster.LOGICAL_DNS,
+}
+
+
+def _service_clusters(service: ServiceEntry, host: str) -> list[cluster_pb2.Cluster]:
+    """One cluster per port of a ServiceEntry host, named `outbound|PORT||HOST`. Endpoints serve a port on
+    the number their `ports` map gives it, else on the port's targetPort, else on its number; DNS
+    resolution without endpoints resolves the host itself. Resolution NONE needs traffic capture to know
+    where a connection was going, which a proxy without it does not have: no cluster."""
+    if service.resolution is Resolution.NONE:
+        return []
+    clusters = []
+    for port in service.ports:
+        default_port = port.target_port or port.number
+        addresses = []
+        for endpoint in service.endpoints or (ServiceEndpoint(host, ()),):
+            if endpoint.address.startswith("unix://"):
+                addresses.append(address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint.address[len("unix://") :])))
+            else:
+                number = dict(endpoint.ports).get(port.name, default_port)
+                addresses.append(_socket_address(endpoint.address, number))
+        cluster = _cluster(outbound_cluster_name(port.number, host), addresses, _DISCOVERY_TYPES[service.resolution])
+        if port.protocol in HTTP2_PROTOCOLS:
+            _speak_http2(cluster)
+        clusters.append(cluster)
+    return clusters
 
 
 def _endpoint_cluster(name: str, host: str, port: int) -> cluster_pb2.Cluster:
     discovery = cluster_pb2.Cluster.STATIC if _is_ip(host) else cluster_pb2.Cluster.STRICT_DNS
-    return _cluster(name, _socket_address(host, port), discovery)
+    return _cluster(name, [_socket_address(host, port)], discovery)
 
 
-def _cluster(name: str, address: address_pb2.Address, discovery: int) -> cluster_pb2.Cluster:
+def _cluster(name: str, addresses: list[address_pb2.Address], discovery: int) -> cluster_pb2.Cluster:
     return cluster_pb2.Cluster(
         name=name,
         type=discovery,
@@ -343,6 +470,7 @@ def _cluster(name: str, address: address_pb2.Address, discovery: int) -> cluster
                 endpoint_components_pb2.LocalityLbEndpoints(
                     lb_endpoints=[
                         endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=address))
+                        for address in addresses
                     ]
                 )
             ],
