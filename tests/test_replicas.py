@@ -287,6 +287,7 @@ def test_a_proxy_moving_to_a_replica_that_lags_takes_its_config_and_converges_wh
         write_atomically(ahead_dir / "marker.yaml", marker("new"))
         wait_for(lambda: envoy.stats()[RELOADS] == start[RELOADS] + 1, what="the change from the replica ahead")
         wait_for(lambda: http_get(listen_port).headers.get(MARKER_HEADER) == "new", what="the new config to run")
+        sent.more()
         shown.append(sent.markers())
 
         ahead.process.popen.send_signal(signal.SIGKILL)
