@@ -264,8 +264,9 @@ def test_envoy_moves_to_another_replica_when_its_own_is_killed_and_reloads_nothi
     assert changed == {name: value for name, value in config_reloads(before).items() if name != RELOADS}
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_a_proxy_moving_to_a_replica_that_lags_takes_its_config_and_converges_when_it_catches_up(
-    tmp_path: Path, httpbin_port: int, processes: list[Process], dns: DnsServer
+    tmp_path: Path, httpbin_port: int, processes: list[Process], dns: DnsServer, delta: bool
 ) -> None:
     """Each replica follows its own copy of the repository (each pod has its git-sync), so for a moment
     they disagree: the proxy takes whatever the replica it is on serves, without a NACK or a loop."""
@@ -274,7 +275,7 @@ def test_a_proxy_moving_to_a_replica_that_lags_takes_its_config_and_converges_wh
     for config_dir in dirs:
         write_config(config_dir, listen_port, httpbin_port, "old")
     replicas = start_replicas(processes, tmp_path, dirs, dns)
-    envoy = start_envoy_on(processes, tmp_path, replicas, dns, delta=False)
+    envoy = start_envoy_on(processes, tmp_path, replicas, dns, delta)
     wait_for(lambda: http_get(listen_port).headers.get(MARKER_HEADER) == "old", what="the plugin to run")
     ahead = connected(replicas)
     [behind] = [r for r in replicas if r is not ahead]
