@@ -3,12 +3,14 @@ views over the server's state; the event loop that owns the state calls them."""
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from controlplane.model import ModuleKey, ModuleReady, ModuleStatus
-from controlplane.modules.resolver import module_views
+from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, WasmPlugin
+from controlplane.modules.resolver import ModuleRecord
+from controlplane.redaction import redact
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.status import file_status
 from controlplane.xds.connection import Connection
@@ -17,12 +19,14 @@ from controlplane.xds.server import DiscoveryServer
 
 def config_view(
     loaded: LoadedDirectory,
-    modules: Mapping[ModuleKey, ModuleStatus],
-    retry_times: Mapping[ModuleKey, float],
+    modules: Mapping[ModuleKey, ModuleRecord],
     now: float,
+    clock: float,
     attachment: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """`attachment`: per plugin, where it runs on the connected proxies and why not elsewhere."""
+    """`/debug/config`: per file what serves and what failed, per module its state, and per plugin where it
+    runs on the connected proxies and why not elsewhere (`attachment`). `now` (seconds since the epoch) and
+    `clock` (the monotonic clock) are read at the same instant."""
     return {
         "errors": [str(e) for e in loaded.errors],
         "files": file_status(loaded),
@@ -36,9 +40,56 @@ def config_view(
             }
             for key, served in loaded.served.items()
         ],
-        "modules": module_views(loaded.config.plugins, modules, retry_times, now),
+        "modules": module_views(loaded.config.plugins, modules, now, clock),
         "attachment": attachment or [],
     }
+
+
+def module_views(
+    plugins: Iterable[WasmPlugin], records: Mapping[ModuleKey, ModuleRecord], now: float, clock: float
+) -> list[dict[str, Any]]:
+    """One entry per module key: plugins with the same url but another sha256 or pull secret are other
+    modules, so the url alone does not name one. The url is shown redacted. A failed module shows when it
+    is tried again, as a time people read: the resolver's retry times are on the monotonic `clock`."""
+    users: dict[ModuleKey, list[str]] = {}
+    for plugin in plugins:
+        users.setdefault(plugin.module, []).append(f"{plugin.namespace}/{plugin.name}")
+    views = []
+    for key, names in sorted(users.items(), key=_order):
+        record = records.get(key)
+        view = _module_view(key, sorted(names), record.status if record else None)
+        if view["state"] == "failed" and record is not None:
+            retry_at = None if record.retry_at is None else now + max(0.0, record.retry_at - clock)
+            view.update(_retry_view(retry_at, now))
+        views.append(view)
+    return views
+
+
+def _retry_view(retry_at: float | None, now: float) -> dict[str, Any]:
+    """No retry time: a retry is under way."""
+    if retry_at is None:
+        return {"next_retry_at": None, "next_retry_in_seconds": None}
+    at = datetime.datetime.fromtimestamp(retry_at, datetime.UTC).isoformat(timespec="seconds")
+    return {"next_retry_at": at, "next_retry_in_seconds": round(max(0.0, retry_at - now), 1)}
+
+
+def _order(item: tuple[ModuleKey, list[str]]) -> tuple[str, str, str]:
+    key = item[0]
+    return redact(key.url), key.sha256, key.pull_secret
+
+
+def _module_view(key: ModuleKey, plugins: list[str], status: ModuleStatus | None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "url": redact(key.url),
+        "sha256": key.sha256,
+        "pull_secret": key.pull_secret,
+        "plugins": plugins,
+    }
+    if isinstance(status, ModuleReady):
+        return {**view, "state": "ready", "module_sha256": status.sha256, "size": status.size}
+    if isinstance(status, ModuleFailed):
+        return {**view, "state": "failed", "reason": status.reason}
+    return {**view, "state": "fetching"}
 
 
 def proxies_view(connections: Iterable[Connection[Any]]) -> list[dict[str, Any]]:

@@ -1,9 +1,16 @@
-"""An Envoy bootstrap that connects a proxy to the control plane over ADS, as a plain mapping."""
+"""An Envoy bootstrap that connects a proxy to the control plane over ADS (state of the world or delta),
+built from Envoy's typed `Bootstrap` message as every resource the server sends is."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2
+from google.protobuf import duration_pb2
+
+from controlplane.translate.resources import endpoint_cluster, socket_address, speak_http2
 
 XDS_CLUSTER = "xds-grpc"
 
@@ -18,53 +25,53 @@ def envoy_bootstrap(
     admin_host: str = "127.0.0.1",
     delta: bool = False,
     other_xds_addresses: Sequence[tuple[str, int]] = (),
-) -> dict[str, Any]:
-    """`other_xds_addresses`: more replicas of the control plane. Each address is resolved by DNS (a name
-    of several replicas, such as a headless Service, gives one endpoint each); the ADS stream goes to one of
+) -> bootstrap_pb2.Bootstrap:
+    """The proxy says who it is as Istio's proxies do (`node.metadata` NAMESPACE and LABELS) and takes its
+    clusters and listeners, and through them the plugins' ECDS configs, from one ADS stream.
+
+    `other_xds_addresses`: more replicas of the control plane. Each address is resolved by DNS (a name of
+    several replicas, such as a headless Service, gives one endpoint each); the ADS stream goes to one of
     them and, when it breaks, reconnects to another, which sends nothing new: versions are content hashes."""
-    app = labels.get("app", node_id)
-    endpoints = [
-        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
-        for host, port in ((xds_host, xds_port), *other_xds_addresses)
-    ]
-    return {
-        "node": {
-            "id": node_id,
-            "cluster": f"{app}.{namespace}",
-            "metadata": {"NAMESPACE": namespace, "LABELS": dict(labels)},
-        },
-        "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "DELTA_GRPC" if delta else "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
-                "set_node_on_first_message_only": True,
-            },
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": XDS_CLUSTER,
-                    "type": "STRICT_DNS",
-                    "connect_timeout": "5s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            # Pings find a replica that vanished without closing the connection (its
-                            # node lost), so the stream moves to another one.
-                            "explicit_http_config": {
-                                "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
-                            },
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [{"lb_endpoints": endpoints}],
-                    },
-                }
-            ]
-        },
-    }
+    node = base_pb2.Node(id=node_id, cluster=f"{labels.get('app', node_id)}.{namespace}")
+    node.metadata.update({"NAMESPACE": namespace, "LABELS": dict(labels)})
+    # STRICT_DNS whatever the address: a name (a compose service, a Kubernetes Service) is the usual case,
+    # and an IP address resolves to itself.
+    xds = endpoint_cluster(XDS_CLUSTER, xds_host, xds_port, resolve=True)
+    for host, port in other_xds_addresses:
+        xds.load_assignment.endpoints[0].lb_endpoints.append(
+            endpoint_components_pb2.LbEndpoint(
+                endpoint=endpoint_components_pb2.Endpoint(address=socket_address(host, port))
+            )
+        )
+    # gRPC; pings find a replica that vanished without closing the connection (its node lost), so the
+    # stream moves to another one.
+    speak_http2(
+        xds,
+        protocol_pb2.KeepaliveSettings(
+            interval=duration_pb2.Duration(seconds=30), timeout=duration_pb2.Duration(seconds=5)
+        ),
+    )
+    ads = config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+    )
+    return bootstrap_pb2.Bootstrap(
+        node=node,
+        admin=bootstrap_pb2.Admin(address=socket_address(admin_host, admin_port)),
+        dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
+            ads_config=config_source_pb2.ApiConfigSource(
+                api_type=config_source_pb2.ApiConfigSource.DELTA_GRPC
+                if delta
+                else config_source_pb2.ApiConfigSource.GRPC,
+                transport_api_version=config_source_pb2.V3,
+                grpc_services=[
+                    grpc_service_pb2.GrpcService(
+                        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER)
+                    )
+                ],
+                set_node_on_first_message_only=True,
+            ),
+            cds_config=ads,
+            lds_config=ads,
+        ),
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=[xds]),
+    )

@@ -13,10 +13,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from controlplane.app import ServeSettings, serve
+from controlplane.addresses import InvalidAddress, parse_host_port
+from controlplane.app import serve
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
+from controlplane.docker_config import DockerConfigError
 from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
 from controlplane.modules.download import FetchSettings
@@ -24,9 +26,9 @@ from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.node import ROUTER_PREFIX, is_gateway
-from controlplane.render import resources_as_dict, to_yaml
+from controlplane.render import message_as_dict, resources_as_dict, to_yaml
+from controlplane.serve_settings import ServeSettings
 from controlplane.source.directory import load_directory, missing_roots
-from controlplane.source.secrets import DockerConfigError
 from controlplane.translate.attachment import attachment_report, unattachable_plugins
 from controlplane.translate.resources import TranslateSettings, translate
 
@@ -172,15 +174,20 @@ def _labels(text: str) -> dict[str, str]:
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(text)
+    except InvalidAddress:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     cache_dir = os.path.abspath(args.cache_dir)
-    advertised = _advertised(args.advertise_address or args.host, args.http_port)
+    address = args.advertise_address or args.host
+    try:
+        advertised = parse_host_port(address, default_port=args.http_port)
+    except InvalidAddress:
+        print(f"controlplane: --advertise-address: {address!r} is not HOST[:PORT]", file=sys.stderr)
+        return 2
     try:
         fetch = _fetch_settings(args)
     except _UsageError as exc:
@@ -212,14 +219,6 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     asyncio.run(serve(settings))
     return 0
-
-
-def _advertised(address: str, default_port: int) -> tuple[str, int]:
-    """HOST, HOST:PORT, [IPV6] or [IPV6]:PORT; a bare IPv6 address has no port."""
-    host, sep, port = address.rpartition(":")
-    if sep and port.isdigit() and (host.endswith("]") or ":" not in host):
-        return host.strip("[]"), int(port)
-    return address.strip("[]"), default_port
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -300,7 +299,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     bootstrap = envoy_bootstrap(
         node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta, other_xds_addresses=others
     )
-    print(to_yaml(bootstrap), end="")
+    print(to_yaml(message_as_dict(bootstrap)), end="")
     return 0
 
 

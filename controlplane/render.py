@@ -7,14 +7,21 @@ from typing import Any
 
 import yaml
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from controlplane.translate.resources import ProxyResources
 
 
+def message_as_dict(message: Message) -> dict[str, Any]:
+    """An Envoy message as its YAML and JSON configs write it: proto field names, typed configs decoded."""
+    # Through JSON text, which turns protobuf's OrderedDicts into plain mappings for the YAML dumper.
+    decoded: dict[str, Any] = json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    return decoded
+
+
 def resources_as_dict(resources: ProxyResources) -> dict[str, Any]:
-    def decode(messages: tuple[Any, ...]) -> list[Any]:
-        # Through JSON text, which turns protobuf's OrderedDicts into plain mappings for the YAML dumper.
-        return [json.loads(json_format.MessageToJson(m, preserving_proto_field_name=True)) for m in messages]
+    def decode(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+        return [message_as_dict(m) for m in messages]
 
     return {
         "clusters": decode(resources.clusters),

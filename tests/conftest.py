@@ -1,7 +1,14 @@
+"""Two tiers: tests that start a real process (Envoy, httpbin, a registry, the control plane or its command
+as a subprocess) are marked `integration`; the rest run in-process and are the inner loop
+(`pytest -m "not integration"`). A test is marked by the fixtures that start processes, or by hand; an
+unmarked test that starts a process fails, so the unit tier cannot grow slow unnoticed."""
+
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
@@ -16,6 +23,26 @@ from tests.support import (
     start_httpbin,
     wait_for,
 )
+
+PROCESS_FIXTURES = frozenset({"processes", "httpbin_port", "registry", "private_registry"})
+"""Fixtures that start real processes: a test using one, directly or through another fixture, is marked."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> NoReturn:
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it integration")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
 
 
 @pytest.fixture(scope="session")

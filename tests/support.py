@@ -7,11 +7,8 @@ import argparse
 import contextlib
 import http.client
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,9 +17,17 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import extension_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane import files
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.cli import _parser as controlplane_parser
+from controlplane.processes import Process, controlplane_command
+from controlplane.render import message_as_dict
+from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = REPO / "fixtures" / "plugins"
@@ -101,38 +106,6 @@ def burst(port: int, count: int) -> list[Response]:
     return [http_get(port) for _ in range(count)]
 
 
-class Process:
-    """A child process whose output goes to a log file that is shown when a test fails."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(
-            args,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self) -> None:
-        if self.alive():
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
-
-
 @contextlib.contextmanager
 def running(process: Process) -> Iterator[Process]:
     try:
@@ -187,21 +160,20 @@ def start_control_plane(
         f"controlplane-{len(processes)}",
         [
             *command_prefix,
-            sys.executable,
-            "-m",
-            "controlplane",
-            "serve",
-            "--config-dir",
-            str(config_dir),
-            "--xds-port",
-            str(xds_port),
-            "--http-port",
-            str(http_port),
-            "--cache-dir",
-            str(log_dir / "cache"),
-            "--host",
-            host,
-            *extra,
+            *controlplane_command(
+                "serve",
+                "--config-dir",
+                str(config_dir),
+                "--xds-port",
+                str(xds_port),
+                "--http-port",
+                str(http_port),
+                "--cache-dir",
+                str(log_dir / "cache"),
+                "--host",
+                host,
+                *extra,
+            ),
         ],
         log_dir,
     )
@@ -274,7 +246,7 @@ def start_envoy(
     delta: bool = False,
 ) -> EnvoyProcess:
     bootstrap = envoy_bootstrap(node_id, namespace, labels or {}, "127.0.0.1", xds_port, free_port(), delta=delta)
-    return run_envoy(processes, log_dir, node_id, bootstrap)
+    return run_envoy(processes, log_dir, node_id, message_as_dict(bootstrap))
 
 
 def run_envoy(processes: list[Process], log_dir: Path, name: str, bootstrap: dict[str, Any]) -> EnvoyProcess:
@@ -349,10 +321,8 @@ def wasm_plugin_yaml(
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """As editors and git do: write beside, then rename over."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    """As editors and git save a file: written beside, then renamed over."""
+    files.write_atomically(path, text.encode(), 0o644)
 
 
 @dataclass
@@ -369,3 +339,21 @@ class Stack:
 
     def listener_filters(self) -> list[str]:
         return self.envoy.http_filters(f"inbound|{self.port}")
+
+
+_MESSAGES = {
+    CLUSTER: cluster_pb2.Cluster,
+    LISTENER: listener_pb2.Listener,
+    EXTENSION_CONFIG: extension_pb2.TypedExtensionConfig,
+}
+
+
+def resource_names(response: Any) -> list[str]:
+    """The names of the resources an xDS response (state of the world or delta) carries, in its order."""
+    names = []
+    for item in response.resources:
+        resource = item.resource if isinstance(response, discovery_pb2.DeltaDiscoveryResponse) else item
+        message = _MESSAGES[response.type_url]()
+        assert resource.Unpack(message)
+        names.append(message.name)
+    return names

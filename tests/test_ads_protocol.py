@@ -12,9 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, extension_pb2
-from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
@@ -29,6 +27,9 @@ from tests.support import (
     start_control_plane,
     wasm_plugin_yaml,
     write_atomically,
+)
+from tests.support import (
+    resource_names as _names,
 )
 
 QUIET_SECONDS = 0.7
@@ -336,23 +337,6 @@ def test_delta_subscription_changes_count_even_with_a_stale_nonce(
         assert _names(response) == [name]
 
     run(control_plane, script, "a", delta=True)
-
-
-_MESSAGES = {
-    CLUSTER: cluster_pb2.Cluster,
-    LISTENER: listener_pb2.Listener,
-    EXTENSION_CONFIG: extension_pb2.TypedExtensionConfig,
-}
-
-
-def _names(response: Any) -> list[str]:
-    names = []
-    for item in response.resources:
-        resource = item.resource if isinstance(response, discovery_pb2.DeltaDiscoveryResponse) else item
-        message = _MESSAGES[response.type_url]()
-        assert resource.Unpack(message)
-        names.append(message.name)
-    return names
 
 
 def test_no_proxy_is_answered_before_the_directory_and_its_modules_are_loaded(

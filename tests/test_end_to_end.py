@@ -4,11 +4,11 @@ in front of a real httpbin."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import pytest
 
+from controlplane.processes import controlplane_command
 from tests.support import (
     BOTH_PROTOCOLS,
     ORDER_MARKER_WASM,
@@ -90,9 +90,7 @@ def test_syntax_error_keeps_the_last_good_config_and_is_reported_with_path_and_l
     served = {s["name"]: s for s in stack.control_plane.status()["serving"]}
     assert served["ratelimit"]["last_good"] is True
 
-    result = subprocess.run(
-        [sys.executable, "-m", "controlplane", "validate", str(stack.config_dir)], capture_output=True, text=True
-    )
+    result = subprocess.run(controlplane_command("validate", str(stack.config_dir)), capture_output=True, text=True)
     assert result.returncode == 1
     assert f"{path}:{line}: " in result.stderr
 

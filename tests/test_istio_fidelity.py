@@ -596,6 +596,7 @@ def test_the_attachment_report_says_where_a_plugin_runs_and_why_not_elsewhere(tm
     assert report["default/gateway-only"]["skipped"][0]["reason"].startswith("targetRefs: only select Gateway API")
 
 
+@pytest.mark.integration
 def test_validate_warns_about_a_plugin_that_attaches_to_no_listener(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(
         "\n---\n".join([sidecar(INGRESS_8080), plugin("client-only", "match: [{mode: CLIENT}]"), plugin("fine")])
@@ -612,6 +613,7 @@ def test_validate_warns_about_a_plugin_that_attaches_to_no_listener(tmp_path: Pa
     assert f"warning: {warning}" in result.stderr.splitlines()
 
 
+@pytest.mark.integration
 def test_render_prints_the_attachment_of_the_proxy(tmp_path: Path) -> None:
     text = "\n---\n".join([sidecar(INGRESS_8080), plugin("client-only", "match: [{mode: CLIENT}]")])
     (tmp_path / "config.yaml").write_text(text.replace("oci://example.com/client-only:1", "file:///nonexistent/p.wasm"))

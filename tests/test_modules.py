@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import io
 import subprocess
-import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controlplane.processes import controlplane_command
 from tests.support import (
     RATELIMIT_WASM,
     Process,
@@ -111,7 +111,9 @@ def test_wrong_sha256_is_a_fetch_failure_handled_by_fail_strategy(
     responses = burst(stack.port, 3)
     assert [r.status for r in responses] == [expected] * 3
     assert all("who-am-i" not in r.headers for r in responses)
-    assert "sha256 mismatch" in stack.control_plane.module(url)["reason"]
+    # A FAIL_OPEN stand-in serves while the module is still being fetched: wait for the fetch to fail.
+    module = wait_for(lambda: (m := stack.control_plane.module(url))["state"] == "failed" and m, what="the failure")
+    assert "sha256 mismatch" in module["reason"]
 
 
 def test_a_file_that_is_not_wasm_never_reaches_envoy(stack: Stack, module_server: int) -> None:
@@ -121,20 +123,18 @@ def test_a_file_that_is_not_wasm_never_reaches_envoy(stack: Stack, module_server
     assert "not a WebAssembly module" in stack.control_plane.module(url)["reason"]
 
 
+@pytest.mark.integration
 def test_render_prints_the_resources_with_typed_configs_decoded(tmp_path: Path) -> None:
     config_dir = Path(__file__).resolve().parents[1] / "fixtures" / "config"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
+        controlplane_command(
             "render",
             str(config_dir),
             "--namespace",
             "default",
             "--labels",
             "app=httpbin",
-        ],
+        ),
         capture_output=True,
         text=True,
         check=True,

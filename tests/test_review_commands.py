@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+
+from controlplane.processes import controlplane_command
 from tests.support import ORDER_MARKER_WASM, sidecar_yaml, wasm_plugin_yaml
 
+pytestmark = pytest.mark.integration  # every test runs the command as a process
 PREFIX = "extensions.istio.io/wasmplugin/"
 
 
 def controlplane(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controlplane", *args], capture_output=True, text=True)
+    return subprocess.run(controlplane_command(*args), capture_output=True, text=True)
 
 
 def write(root: Path, name: str, text: str) -> Path:

@@ -131,6 +131,7 @@ print(json.dumps({"plugins": [p.name for p in second.config.plugins], "errors": 
 """
 
 
+@pytest.mark.integration
 def test_a_load_out_of_file_descriptors_keeps_serving_what_the_folder_held(tmp_path: Path) -> None:
     (tmp_path / "team").mkdir()
     (tmp_path / "team" / "a.yaml").write_text(plugin("a"))

@@ -53,6 +53,7 @@ def assert_no_secret(text: str) -> None:
 
 
 @pytest.mark.parametrize("output", ["text", "json"])
+@pytest.mark.integration
 def test_validate_names_the_bad_urls_without_their_credentials(tmp_path: Path, output: str) -> None:
     write_config(tmp_path / "config")
     result = subprocess.run(

@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from controlplane.processes import controlplane_command
 from tests.support import (
     ORDER_MARKER_WASM,
     ControlPlaneProcess,
@@ -305,9 +305,7 @@ def test_a_duplicate_in_another_file_is_reported_naming_both_and_does_not_take(
     assert error.startswith(f"{config / 'a-copy.yaml'}:1: metadata.name: WasmPlugin default/marker is declared")
     assert str(config / "marker.yaml") in error and "serving" in error
 
-    result = subprocess.run(
-        [sys.executable, "-m", "controlplane", "validate", str(config)], capture_output=True, text=True
-    )
+    result = subprocess.run(controlplane_command("validate", str(config)), capture_output=True, text=True)
     # Without a history, validate names both files too (and which one a fresh server would serve).
     assert result.returncode == 1
     assert str(config / "a-copy.yaml") in result.stderr and str(config / "marker.yaml") in result.stderr

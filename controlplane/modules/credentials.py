@@ -11,8 +11,8 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from controlplane.docker_config import DockerConfigError, parse_docker_config, registry_host
 from controlplane.model import PullSecret, RegistryCredential
-from controlplane.source.secrets import DockerConfigError, parse_docker_config, registry_host
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from controlplane.files import write_atomically
 from controlplane.model import ModuleKey
-from controlplane.modules.store import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from controlplane.image_reference import InvalidReference, parse_reference
-from controlplane.model import Config, ModuleKey, PullPolicy, RegistryCredential, SourceRef, WasmPlugin
+from controlplane.model import (
+    Config,
+    FailStrategy,
+    ModuleKey,
+    PullPolicy,
+    RegistryCredential,
+    SourceRef,
+    WasmPlugin,
+)
 from controlplane.modules.credentials import secret_credentials
 from controlplane.modules.fetch import is_http, is_local
 
@@ -49,6 +57,12 @@ def module_requests(config: Config) -> list[ModuleRequest]:
         always = not is_pinned(key) and any(pulls_always(p) for p in plugins)
         requests.append(ModuleRequest(key, always, _revision(plugins, credentials), credentials))
     return requests
+
+
+def start_waits_for(config: Config) -> frozenset[ModuleKey]:
+    """The modules a starting server waits for before it answers any proxy. A module only FAIL_OPEN plugins
+    use holds nothing up: they serve their allow-all stand-in until it arrives."""
+    return frozenset(p.module for p in config.plugins if p.fail_strategy != FailStrategy.FAIL_OPEN)
 
 
 def _revision(plugins: Iterable[WasmPlugin], credentials: tuple[RegistryCredential, ...]) -> str:

@@ -10,16 +10,14 @@ names the manifest it came from: an unchanged tag costs one small request, not a
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
-from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential, WasmPlugin
+from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
 from controlplane.modules.download import FetchFailed, FetchSettings
 from controlplane.modules.fetch import fetch_module, is_local
 from controlplane.modules.index import IndexEntry, ModuleIndex, entry_name, expired
@@ -57,6 +55,36 @@ class Resolved:
     """The registry still names the manifest of the cached module: nothing was downloaded."""
 
 
+@dataclass
+class ModuleRecord:
+    """Everything the resolver knows of one module key, kept in one place so that it goes in one piece:
+    dropped once no plugin wants the module and no fetch of it is under way. The status views read it."""
+
+    key: ModuleKey
+    request: ModuleRequest | None
+    """What the config asks for; None once no plugin wants the module (while its last fetch ends)."""
+    url_lock: asyncio.Lock
+    """Shared by the records of one url, which is fetched once at a time."""
+    status: ModuleStatus | None = None
+    """None while the first fetch is under way."""
+    fetch: asyncio.Task[None] | None = None
+    """The fetch under way, if any."""
+    fetched_revision: str = ""
+    """The request revision the last fetch answered: a new one pulls `Always` modules and failed ones again."""
+    fetched_at: float | None = None
+    """When the module last arrived, on the monotonic clock: re-pulls of `Always` modules count from it."""
+    failures: int = 0
+    """Failed fetches since the last good one: the retry backoff grows with them."""
+    retry_at: float | None = None
+    """When a failed module is tried again, on the monotonic clock."""
+
+    def unwanted(self) -> None:
+        """No plugin wants the module any more: what was learnt of it goes; the fetch under way, seeing no
+        request when it ends, drops the record (unless a plugin wants the module again by then)."""
+        self.request, self.status, self.fetched_revision = None, None, ""
+        self.fetched_at, self.failures, self.retry_at = None, 0, None
+
+
 class ModuleResolver:
     def __init__(
         self, store: ModuleStore, index: ModuleIndex, settings: ResolverSettings, on_change: Callable[[], None]
@@ -65,56 +93,53 @@ class ModuleResolver:
         self._index = index
         self._settings = settings
         self._on_change = on_change
-        self._statuses: dict[ModuleKey, ModuleStatus] = {}
-        self._requests: dict[ModuleKey, ModuleRequest] = {}
-        self._fetching: dict[ModuleKey, asyncio.Task[None]] = {}
-        self._fetched_revision: dict[ModuleKey, str] = {}
-        self._fetched_at: dict[ModuleKey, float] = {}
-        self._failures: dict[ModuleKey, int] = {}
-        self._retry_at: dict[ModuleKey, float] = {}
-        self._url_locks: dict[str, asyncio.Lock] = {}
+        self._records: dict[ModuleKey, ModuleRecord] = {}
         self._downloads = ThreadPoolExecutor(MAX_CONCURRENT_DOWNLOADS, thread_name_prefix="module-download")
         """Threads of their own: slow registries and servers must not hold those that reloads and disk
         work run in (asyncio's default pool has only a few)."""
 
     @property
     def statuses(self) -> Mapping[ModuleKey, ModuleStatus]:
-        return dict(self._statuses)
+        """The status of every wanted module that has one; a module not in it is still being fetched."""
+        return {k: r.status for k, r in self._records.items() if r.request is not None and r.status is not None}
 
-    def retry_times(self) -> dict[ModuleKey, float]:
-        """When each failed module is tried again, in seconds since the epoch: the retry clock is monotonic,
-        people read wall-clock times."""
-        now, clock = time.time(), time.monotonic()
-        return {key: now + max(0.0, at - clock) for key, at in self._retry_at.items()}
+    def records(self) -> Mapping[ModuleKey, ModuleRecord]:
+        """Every module the resolver keeps state for, for the status views: read them, do not change them."""
+        return dict(self._records)
 
     def require(self, requests: Iterable[ModuleRequest]) -> None:
         """Starts fetching what is not known yet, or is due again, and forgets what is no longer needed.
         Local files are read again every time, as a commit may have replaced a module under the same path."""
-        self._requests = {r.key: r for r in requests}
-        for key in list(self._statuses):
-            if key not in self._requests:
+        wanted = {r.key: r for r in requests}
+        for key in list(self._records):
+            if key not in wanted:
                 self._forget(key)
-        for key, request in self._requests.items():
-            if key in self._fetching:
+        for key, request in wanted.items():
+            record = self._records.get(key)
+            if record is None:
+                record = self._records[key] = ModuleRecord(key, request, self._lock_for(key.url))
+            record.request = request
+            if record.fetch is not None:
                 continue
-            status = self._statuses.get(key)
-            changed = request.revision != self._fetched_revision.get(key)
+            changed = request.revision != record.fetched_revision
             if (
-                status is None
+                record.status is None
                 or is_local(key.url)
-                or (changed and (request.always or isinstance(status, ModuleFailed)))
+                or (changed and (request.always or isinstance(record.status, ModuleFailed)))
             ):
-                self._start(key, use_cache=status is None)
+                self._start(record, use_cache=record.status is None)
 
     async def settled(self) -> None:
         """Waits until no fetch is under way."""
-        while self._fetching:
-            await asyncio.gather(*self._fetching.values(), return_exceptions=True)
+        while fetches := [r.fetch for r in self._records.values() if r.fetch is not None]:
+            await asyncio.gather(*fetches, return_exceptions=True)
 
     async def available(self, wanted: Callable[[ModuleKey], bool] = lambda key: True) -> None:
         """Waits until every `wanted` module being fetched has a status: one served from the cache while it
         is pulled again holds nothing up."""
-        while pending := [task for key, task in self._fetching.items() if key not in self._statuses and wanted(key)]:
+        while pending := [
+            r.fetch for k, r in self._records.items() if r.fetch is not None and r.status is None and wanted(k)
+        ]:
             await asyncio.wait(pending, timeout=self._settings.tick_seconds)
 
     async def run(self) -> None:
@@ -122,17 +147,19 @@ class ModuleResolver:
         next_purge = time.monotonic()
         while True:
             now = time.monotonic()
-            for key, request in self._requests.items():
-                if key in self._fetching:
+            for record in list(self._records.values()):
+                request = record.request
+                if request is None or record.fetch is not None:
                     continue
-                if key in self._retry_at and self._retry_at[key] <= now:
-                    self._start(key)
+                if record.retry_at is not None and record.retry_at <= now:
+                    self._start(record)
                 elif (
                     request.always
                     and self._settings.repull_seconds > 0
-                    and now - self._fetched_at.get(key, now) >= self._settings.repull_seconds
+                    and record.fetched_at is not None
+                    and now - record.fetched_at >= self._settings.repull_seconds
                 ):
-                    self._start(key)
+                    self._start(record)
             if now >= next_purge:
                 next_purge = now + self._settings.purge_interval_seconds
                 try:
@@ -143,8 +170,8 @@ class ModuleResolver:
 
     async def purge(self, now: float) -> None:
         """Forgets and deletes the modules nothing has used for the module expiry."""
-        wanted = list(self._requests)
-        serving = {s.sha256 for s in self._statuses.values() if isinstance(s, ModuleReady)}
+        wanted = [k for k, r in self._records.items() if r.request is not None]
+        serving = {s.sha256 for s in self.statuses.values() if isinstance(s, ModuleReady)}
         for sha256 in await asyncio.to_thread(self._purge_files, wanted, serving, now):
             log.info("deleted module %s from the cache: unused for %.0fs", sha256, self._settings.module_expiry_seconds)
 
@@ -156,10 +183,14 @@ class ModuleResolver:
         keep = serving | {e.sha256 for e in self._index.entries.values()}
         return self._store.purge(keep, now - expiry)
 
-    async def _serve_cached(self, request: ModuleRequest) -> bool:
+    def _lock_for(self, url: str) -> asyncio.Lock:
+        same_url = next((r for r in self._records.values() if r.key.url == url), None)
+        return same_url.url_lock if same_url is not None else asyncio.Lock()
+
+    async def _serve_cached(self, record: ModuleRecord, request: ModuleRequest) -> bool:
         """A module pulled before (maybe before a restart) serves without asking the registry; one pulled
         `Always` serves too, while it is pulled again, as it would on a server that kept running."""
-        key = request.key
+        key = record.key
         entry = self._index.get(key)
         if entry is None or is_local(key.url):
             return False
@@ -170,25 +201,26 @@ class ModuleResolver:
             return False
         if not intact:
             return False
-        if key not in self._requests:
+        if record.request is None:
             return True  # no plugin wants it any more
-        self._set(key, ModuleReady(entry.sha256, entry.size))
-        self._fetched_revision[key] = request.revision
+        self._set(record, ModuleReady(entry.sha256, entry.size))
+        record.fetched_revision = request.revision
         again = "; a cached copy: pulling it again (imagePullPolicy Always)" if request.always else ""
         log.info("module %s: serving %s from the cache%s", redact(key.url), entry.sha256, again)
         return True
 
-    def _start(self, key: ModuleKey, use_cache: bool = False) -> None:
-        self._retry_at.pop(key, None)
-        self._fetching[key] = asyncio.create_task(self._fetch(self._requests[key], use_cache))
+    def _start(self, record: ModuleRecord, use_cache: bool = False) -> None:
+        assert record.request is not None
+        record.retry_at = None
+        record.fetch = asyncio.create_task(self._fetch(record, record.request, use_cache))
 
-    async def _fetch(self, request: ModuleRequest, use_cache: bool) -> None:
-        key = request.key
+    async def _fetch(self, record: ModuleRecord, request: ModuleRequest, use_cache: bool) -> None:
+        key = record.key
         try:
-            if use_cache and await self._serve_cached(request) and (not request.always or key not in self._requests):
+            if use_cache and await self._serve_cached(record, request) and (not request.always or not record.request):
                 return
             try:
-                resolved = await self._pull(request)
+                resolved = await self._pull(record, request)
             except Exception as exc:  # a bug or a full disk: a stand-in and a retry, never a plugin left hanging
                 log.exception("module %s: fetch failed unexpectedly", redact(key.url))
                 resolved = Resolved(ModuleFailed(f"internal error: {type(exc).__name__}: {exc}"))
@@ -200,13 +232,15 @@ class ModuleResolver:
                     resolved.manifest,
                 )
         finally:
-            self._fetching.pop(key, None)
-        if key not in self._requests:
+            record.fetch = None
+            if record.request is None and self._records.get(key) is record:
+                del self._records[key]  # nobody wants it any more: nothing of it is kept
+        if record.request is None:
             return
-        self._fetched_revision[key] = request.revision
-        previous = self._statuses.get(key)
+        record.fetched_revision = request.revision
+        previous = record.status
         if isinstance(status, ModuleFailed):
-            delay = self._schedule_retry(key)
+            delay = self._schedule_retry(record)
             if isinstance(previous, ModuleReady) and not is_local(key.url):
                 log.error(
                     "module %s: pulling again failed (%s); still serving %s; trying again in %.1fs",
@@ -220,16 +254,16 @@ class ModuleResolver:
         else:
             if isinstance(previous, ModuleFailed):
                 log.info("module %s is available now: the plugin replaces its stand-in", redact(key.url))
-            self._failures.pop(key, None)
-            self._fetched_at[key] = time.monotonic()
-        self._set(key, status)
-        current = self._requests.get(key)
-        if current is not None and current.revision != request.revision and current.always:
-            self._start(key)  # the plugin changed while its module was being pulled
+            record.failures = 0
+            record.fetched_at = time.monotonic()
+        self._set(record, status)
+        current = record.request
+        if current.revision != request.revision and current.always:
+            self._start(record)  # the plugin changed while its module was being pulled
 
-    async def _pull(self, request: ModuleRequest) -> Resolved:
-        key = request.key
-        async with self._url_locks.setdefault(key.url, asyncio.Lock()):
+    async def _pull(self, record: ModuleRecord, request: ModuleRequest) -> Resolved:
+        key = record.key
+        async with record.url_lock:
             cached = self._index.get(key)
             resolved = await pull_module(
                 key, self._store, self._settings.fetch, request.credentials, cached, self._downloads
@@ -239,22 +273,26 @@ class ModuleResolver:
             await asyncio.to_thread(self._index.record, key, status.sha256, status.size, time.time(), resolved.manifest)
         return resolved
 
-    def _schedule_retry(self, key: ModuleKey) -> float:
+    def _schedule_retry(self, record: ModuleRecord) -> float:
         """Seconds until the next try: exponential backoff with jitter."""
-        failures = self._failures[key] = self._failures.get(key, 0) + 1
-        delay = min(self._settings.retry_max_seconds, self._settings.retry_first_seconds * 2 ** (failures - 1))
+        record.failures += 1
+        delay = min(self._settings.retry_max_seconds, self._settings.retry_first_seconds * 2 ** (record.failures - 1))
         delay *= 0.75 + random.random() / 2
-        self._retry_at[key] = time.monotonic() + delay
+        record.retry_at = time.monotonic() + delay
         return delay
 
-    def _set(self, key: ModuleKey, status: ModuleStatus) -> None:
-        if self._statuses.get(key) != status:
-            self._statuses[key] = status
+    def _set(self, record: ModuleRecord, status: ModuleStatus) -> None:
+        if record.status != status:
+            record.status = status
             self._on_change()
 
     def _forget(self, key: ModuleKey) -> None:
-        for state in (self._statuses, self._fetched_revision, self._fetched_at, self._failures, self._retry_at):
-            state.pop(key, None)
+        """Drops the record; one whose fetch is under way stays, unwanted, until the fetch ends."""
+        record = self._records[key]
+        if record.fetch is None:
+            del self._records[key]
+        else:
+            record.unwanted()
 
 
 async def resolve_module(
@@ -294,51 +332,3 @@ async def pull_module(
 async def _reusable(cached: IndexEntry, store: ModuleStore) -> bool:
     """A damaged copy must be downloaded again even when the registry has not changed."""
     return bool(cached.manifest) and await asyncio.to_thread(store.intact, cached.sha256)
-
-
-def module_views(
-    plugins: Iterable[WasmPlugin],
-    statuses: Mapping[ModuleKey, ModuleStatus],
-    retry_times: Mapping[ModuleKey, float] | None = None,
-    now: float = 0.0,
-) -> list[dict[str, Any]]:
-    """One entry per module key, for the status view: plugins with the same url but another sha256 or pull
-    secret are other modules, so the url alone does not name one. The url is shown redacted. With
-    `retry_times` (from `ModuleResolver.retry_times`, at `now`), a failed module shows when it is tried again."""
-    users: dict[ModuleKey, list[str]] = {}
-    for plugin in plugins:
-        users.setdefault(plugin.module, []).append(f"{plugin.namespace}/{plugin.name}")
-    views = []
-    for key, names in sorted(users.items(), key=_order):
-        view = _module_view(key, sorted(names), statuses.get(key))
-        if view["state"] == "failed" and retry_times is not None:
-            view.update(_retry_view(retry_times.get(key), now))
-        views.append(view)
-    return views
-
-
-def _retry_view(retry_at: float | None, now: float) -> dict[str, Any]:
-    """No retry time: a retry is under way."""
-    if retry_at is None:
-        return {"next_retry_at": None, "next_retry_in_seconds": None}
-    at = datetime.datetime.fromtimestamp(retry_at, datetime.UTC).isoformat(timespec="seconds")
-    return {"next_retry_at": at, "next_retry_in_seconds": round(max(0.0, retry_at - now), 1)}
-
-
-def _order(item: tuple[ModuleKey, list[str]]) -> tuple[str, str, str]:
-    key = item[0]
-    return redact(key.url), key.sha256, key.pull_secret
-
-
-def _module_view(key: ModuleKey, plugins: list[str], status: ModuleStatus | None) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "url": redact(key.url),
-        "sha256": key.sha256,
-        "pull_secret": key.pull_secret,
-        "plugins": plugins,
-    }
-    if isinstance(status, ModuleReady):
-        return {**view, "state": "ready", "module_sha256": status.sha256, "size": status.size}
-    if isinstance(status, ModuleFailed):
-        return {**view, "state": "failed", "reason": status.reason}
-    return {**view, "state": "fetching"}

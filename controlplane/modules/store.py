@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+
+from controlplane.files import write_atomically
 
 _MODULE_FILE = re.compile(r"^([a-f0-9]{64})\.wasm$")
 
@@ -59,17 +60,3 @@ class ModuleStore:
                     os.unlink(entry.path)
                     removed.append(match.group(1))
         return removed
-
-
-def write_atomically(target: Path, content: bytes, mode: int) -> None:
-    """Writes to a temporary name beside `target` and renames it over, so that a reader (or a restart after
-    a crash) sees the old file or the new one, never half of one."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(content)
-        os.chmod(temporary, mode)
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise

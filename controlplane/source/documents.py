@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -10,6 +9,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.addresses import InvalidAddress, is_ip, parse_host_port
 from controlplane.api import serviceentry_pb2, sidecar_pb2, wasmplugin_pb2
 from controlplane.errors import ConfigError
 from controlplane.image_reference import InvalidReference, parse_reference
@@ -55,7 +55,6 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 _C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]*):([0-9]{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -406,8 +405,9 @@ def _read_sidecar(data: Any, key: DocumentKey, source: SourceRef) -> tuple[Sidec
         if not endpoint:
             problems.append((at + ("defaultEndpoint",), "required: where this port's traffic is sent"))
         elif not endpoint.startswith("unix://"):
-            match = _HOST_PORT.match(endpoint)
-            if match is None or not 1 <= int(match.group(2)) <= 65535:
+            try:
+                parse_host_port(endpoint)
+            except InvalidAddress:
                 problems.append((at + ("defaultEndpoint",), f"{endpoint!r} is not HOST:PORT or unix://PATH"))
         ports.append(IngressPort(number, ingress.port.protocol.upper(), ingress.port.name, ingress.bind, endpoint))
     egress: list[EgressPort] = []
@@ -423,7 +423,7 @@ def _read_sidecar(data: Any, key: DocumentKey, source: SourceRef) -> tuple[Sidec
         if number:
             seen_ports.add(number)
         bind = listener.bind or "127.0.0.1"
-        if not _is_ip(bind):
+        if not is_ip(bind):
             problems.append((at + ("bind",), f"{bind!r} is not an IP address"))
         if not listener.hosts:
             problems.append((at + ("hosts",), "required: the services this listener routes to, as namespace/host"))
@@ -451,14 +451,6 @@ def _egress_host(text: str) -> tuple[EgressHost | None, str]:
     if host != "*" and not _DNS_SUBDOMAIN.match(host.removeprefix("*.").lower()):
         return None, f"{host!r} is not a host name, *.suffix or *"
     return EgressHost(namespace, host), ""
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 _RESOLUTIONS = {
@@ -516,9 +508,9 @@ def _read_service_entry(data: Any, key: DocumentKey, source: SourceRef) -> tuple
     for index, endpoint in enumerate(spec.endpoints):
         endpoint_at = at + ("endpoints", index)
         address = endpoint.address
-        if resolution is Resolution.STATIC and not (_is_ip(address) or address.startswith("unix://")):
+        if resolution is Resolution.STATIC and not (is_ip(address) or address.startswith("unix://")):
             problems.append((endpoint_at + ("address",), f"{address!r} is not an IP address or unix:// path"))
-        elif not (_is_ip(address) or address.startswith("unix://") or _DNS_SUBDOMAIN.match(address.lower())):
+        elif not (is_ip(address) or address.startswith("unix://") or _DNS_SUBDOMAIN.match(address.lower())):
             problems.append(
                 (endpoint_at + ("address",), f"endpoint address {address!r} is not a valid FQDN or an IP address")
             )

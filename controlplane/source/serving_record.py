@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 
+from controlplane.files import write_atomically
 from controlplane.source.directory import Served
 from controlplane.source.documents import DocumentKey
 
@@ -35,17 +35,10 @@ def record_of(served: Mapping[DocumentKey, Served]) -> dict[DocumentKey, str]:
 
 
 def write_record(cache_dir: str, record: Mapping[DocumentKey, str]) -> None:
-    """Written beside and renamed over, so that a crash leaves the old record or the new one, never half."""
+    """Replaced whole, so that a crash leaves the old record or the new one, never half."""
     entries = [
         {"kind": k.kind, "namespace": k.namespace, "name": k.name, "path": path}
         for k, path in sorted(record.items(), key=lambda item: (item[0].kind, item[0].namespace, item[0].name))
     ]
     os.makedirs(cache_dir, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=cache_dir, prefix=f".{RECORD_NAME}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(entries, out, indent=1)
-        os.replace(temporary, os.path.join(cache_dir, RECORD_NAME))
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_atomically(os.path.join(cache_dir, RECORD_NAME), json.dumps(entries, indent=1).encode(), 0o600)

@@ -3,7 +3,6 @@ Pure: no I/O, no clock; equal inputs give equal messages."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -34,6 +33,7 @@ from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from controlplane.addresses import host_for_url, is_ip, parse_host_port
 from controlplane.model import (
     Config,
     EgressPort,
@@ -119,7 +119,7 @@ def translate(
     # its own names the plugins it wants, and a proxy only subscribes to the names it uses.
     plugins = select_plugins(config, proxy, settings.root_namespace)
     services = visible_services(config, proxy, sidecar)
-    clusters = [_endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
+    clusters = [endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
     clusters += [_upstream_cluster(port) for port in (sidecar.ingress if sidecar else ())]
     clusters += [c for service, host in services for c in _service_clusters(service, host)]
     plans = listener_plans(sidecar, proxy, services)
@@ -229,7 +229,7 @@ def _listener(plan: ListenerPlan, plugins: list[WasmPlugin]) -> listener_pb2.Lis
         )
     return listener_pb2.Listener(
         name=plan.info.name,
-        address=_socket_address(plan.bind, plan.info.port),
+        address=socket_address(plan.bind, plan.info.port),
         filter_chains=[listener_components_pb2.FilterChain(filters=[*network_filters, terminal])],
     )
 
@@ -402,22 +402,22 @@ def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
     if endpoint.startswith("unix://"):
         address = address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint[len("unix://") :]))
         return _cluster(upstream_cluster_name(port), [address], cluster_pb2.Cluster.STATIC)
-    host, _, port_text = endpoint.rpartition(":")
-    host = host.strip("[]")
+    host, port_number = parse_host_port(endpoint)  # checked when the Sidecar was loaded
     # `0.0.0.0:PORT`, `[::]:PORT` or `:PORT` mean "the workload's own address" in Istio; beside the workload
     # that is loopback.
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    cluster = _endpoint_cluster(upstream_cluster_name(port), host, int(port_text))
+    cluster = endpoint_cluster(upstream_cluster_name(port), host, port_number)
     if port.protocol in HTTP2_PROTOCOLS:
-        _speak_http2(cluster)
+        # The connection manager takes h2 from clients; a gRPC backend must be spoken to in h2 too.
+        speak_http2(cluster)
     return cluster
 
 
-def _speak_http2(cluster: cluster_pb2.Cluster) -> None:
-    """The connection manager takes h2 from clients; a gRPC backend must be spoken to in h2 too."""
+def speak_http2(cluster: cluster_pb2.Cluster, keepalive: protocol_pb2.KeepaliveSettings | None = None) -> None:
+    """Makes the cluster's connections HTTP/2, as gRPC needs; `keepalive`: pings on idle connections."""
     options = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions(connection_keepalive=keepalive)
         )
     )
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options, deterministic=True)
@@ -446,17 +446,21 @@ def _service_clusters(service: ServiceEntry, host: str) -> list[cluster_pb2.Clus
                 addresses.append(address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint.address[len("unix://") :])))
             else:
                 number = dict(endpoint.ports).get(port.name, default_port)
-                addresses.append(_socket_address(endpoint.address, number))
+                addresses.append(socket_address(endpoint.address, number))
         cluster = _cluster(outbound_cluster_name(port.number, host), addresses, _DISCOVERY_TYPES[service.resolution])
         if port.protocol in HTTP2_PROTOCOLS:
-            _speak_http2(cluster)
+            speak_http2(cluster)
         clusters.append(cluster)
     return clusters
 
 
-def _endpoint_cluster(name: str, host: str, port: int) -> cluster_pb2.Cluster:
-    discovery = cluster_pb2.Cluster.STATIC if _is_ip(host) else cluster_pb2.Cluster.STRICT_DNS
-    return _cluster(name, [_socket_address(host, port)], discovery)
+def endpoint_cluster(name: str, host: str, port: int, resolve: bool | None = None) -> cluster_pb2.Cluster:
+    """A cluster of one endpoint. `resolve`: whether the host is looked up in DNS (and again when its
+    answer changes); by default only when it is a name, not an IP address."""
+    if resolve is None:
+        resolve = not is_ip(host)
+    discovery = cluster_pb2.Cluster.STRICT_DNS if resolve else cluster_pb2.Cluster.STATIC
+    return _cluster(name, [socket_address(host, port)], discovery)
 
 
 def _cluster(name: str, addresses: list[address_pb2.Address], discovery: int) -> cluster_pb2.Cluster:
@@ -478,18 +482,5 @@ def _cluster(name: str, addresses: list[address_pb2.Address], discovery: int) ->
     )
 
 
-def _socket_address(host: str, port: int) -> address_pb2.Address:
+def socket_address(host: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def host_for_url(host: str) -> str:
-    """A host as it goes before `:PORT`: IPv6 addresses in brackets."""
-    return f"[{host}]" if ":" in host else host
