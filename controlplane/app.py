@@ -1,10 +1,12 @@
 """Wires the pipeline together for `controlplane serve`: directory → model → modules → snapshots → ADS,
-with the watcher and the HTTP port at the edges. Each reload rebuilds the snapshot of every watched proxy
-class; the cache pushes to a class's streams only when its snapshot's version changed."""
+with the watcher and the HTTP port at the edges. A reload that changed the config or a module's state
+rebuilds the snapshot of every watched proxy class; the cache pushes to a class's streams only when its
+snapshot's version changed."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -27,7 +29,7 @@ from controlplane.source.directory import LoadedDirectory
 from controlplane.source.follower import DirectoryFollower
 from controlplane.translate.attachment import attachment_report
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.server import DiscoveryServer
+from controlplane.xds.server import SERVER_OPTIONS, DiscoveryServer
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,11 @@ class ControlPlane:
         self.modules = ModuleResolver(self.store, ModuleIndex(settings.cache_dir), settings.modules, self._rebuild)
         # Inline modules are read on the loop: Wasm modules are small next to what the store allows.
         self.snapshots = SnapshotBuilder(settings.translate, lambda sha256: self.store.path(sha256).read_bytes())
-        self.cache: SnapshotCache[ProxyClass] = SnapshotCache()
-        self.cache.on_first_watch = self._build_first
-        self.cache.on_last_unwatch = self.snapshots.forget
+        self.cache: SnapshotCache[ProxyClass] = SnapshotCache(self._build_first, self.snapshots.forget)
         self.xds = DiscoveryServer(self.cache, proxy_class, self.ready)
         self._tasks: list[asyncio.Task[None]] = []
+        self._built_from: object = None
+        """What the snapshots were last built from: the config and the modules' states."""
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
 
@@ -60,7 +62,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._grpc = grpc.aio.server()
+        self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
         self.xds.register(self._grpc)
         self.xds_port = self._grpc.add_insecure_port(f"{host_for_url(self.settings.host)}:{self.settings.xds_port}")
         views = {
@@ -92,6 +94,10 @@ class ControlPlane:
             # them until its config arrives.
             log.warning("modules still being fetched after %.0fs; serving", self.settings.startup_fetch_seconds)
         self.ready.set()
+        # What start-up made lives as long as the server: out of the collector's sight, so that collections
+        # with thousands of streams open scan only what changes. Streams allocate much and keep little.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         for work in (self.source.follow(self.reload), self.modules.run()):
             task = asyncio.create_task(work)
             task.add_done_callback(_report_end)
@@ -117,11 +123,17 @@ class ControlPlane:
         self.cache.set(proxy, self.snapshots.build(self.loaded.config, self.modules.statuses, proxy))
 
     def _rebuild(self) -> None:
-        """A new snapshot for every watched class; the cache wakes the streams of those whose version changed."""
+        """A new snapshot for every watched class; the cache wakes the streams of those whose version changed.
+        A rescan or an event that changed neither the config nor a module's state costs nothing per class."""
         config, statuses = self.loaded.config, self.modules.statuses
-        for proxy in self.cache.watched_keys():
-            if self.cache.set(proxy, self.snapshots.build(config, statuses, proxy)):
-                log.info("new config for %s", proxy)
+        built_from = (config, dict(statuses))
+        if built_from == self._built_from:
+            return
+        self._built_from = built_from
+        changed = sum(self.cache.set(p, self.snapshots.build(config, statuses, p)) for p in self.cache.watched_keys())
+        if changed:
+            # A count: a class is named by labels its proxies chose, of any size.
+            log.info("new config for %d proxy classes", changed)
 
 
 def _report_end(task: asyncio.Task[None]) -> None:

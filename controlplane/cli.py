@@ -26,11 +26,13 @@ from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
 from controlplane.modules.store import ModuleStore
 from controlplane.node import ROUTER_PREFIX, is_gateway
+from controlplane.processes import controlplane_command
 from controlplane.render import message_as_dict, resources_as_dict, to_yaml
 from controlplane.serve_settings import ServeSettings
 from controlplane.source.directory import load_directory, missing_roots
 from controlplane.translate.attachment import attachment_report, unattachable_plugins
 from controlplane.translate.resources import TranslateSettings, translate
+from controlplane.workers import run_workers
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
 
@@ -38,6 +40,7 @@ DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expand
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -77,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between pulls of modules with imagePullPolicy Always (0: only on change)",
     )
     serve_cmd.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full rescans")
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the ports (SO_REUSEPORT), each loading the directory: one per core",
+    )
     serve_cmd.set_defaults(run=_serve)
 
     validate_cmd = commands.add_parser("validate", help="check config directories; exit 1 when invalid")
@@ -217,8 +226,24 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host in ("0.0.0.0", "::") and not args.advertise_address:
         print("controlplane: --advertise-address is required with --host", args.host, file=sys.stderr)
         return 2
+    if args.workers > 1:
+        return run_workers(args.workers, _worker_command(args.argv))
     asyncio.run(serve(settings))
     return 0
+
+
+def _worker_command(argv: list[str]) -> list[str]:
+    """This command line for one worker: the same flags with `--workers 1`."""
+    command: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            command.append(arg)
+    return controlplane_command(*command, "--workers", "1")
 
 
 def _validate(args: argparse.Namespace) -> int:

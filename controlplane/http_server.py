@@ -24,6 +24,11 @@ _MODULE_PATH = re.compile(r"^/modules/([a-f0-9]{64})\.wasm$")
 StatusView = Callable[[], Any]
 
 
+class _SharedPortServer(ThreadingHTTPServer):
+    allow_reuse_port = True
+    """Workers of `serve --workers N` bind the same port; the kernel spreads the connections."""
+
+
 class HttpServer:
     def __init__(
         self,
@@ -47,7 +52,7 @@ class HttpServer:
         self._loop = loop
         self._is_ready = is_ready
         self._views = views
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd = _SharedPortServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
 

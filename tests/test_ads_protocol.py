@@ -25,6 +25,7 @@ from tests.support import (
     http_get,
     sidecar_yaml,
     start_control_plane,
+    wait_for,
     wasm_plugin_yaml,
     write_atomically,
 )
@@ -450,3 +451,132 @@ def test_delta_nack_of_the_first_of_two_responses_of_a_type_is_recorded(
         assert state["rejected"] == added.system_version_info
 
     run(control_plane, script, "a", delta=True)
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_stream_that_never_reads_holds_bounded_memory(control_plane: ControlPlaneProcess, tmp_path: Path) -> None:
+    """A client sends requests that each ask for a large response, and reads none: the server stops reading
+    its requests once a few responses wait, instead of holding every request."""
+    write_atomically(
+        tmp_path / "config" / "plugin-a.yaml",
+        wasm_plugin_yaml("limit-a", f"file://{RATELIMIT_WASM}", selector={"app": "a"}, config={"blob": "x" * 300_000}),
+    )
+    name = "extensions.istio.io/wasmplugin/default.limit-a"
+    wait_for(lambda: control_plane.status()["modules"] and control_plane.status()["modules"][0]["state"] == "ready")
+    pid = control_plane.process.popen.pid
+    before = _rss_bytes(pid)
+    junk = "y" * 1_000_000
+    sent = 0
+
+    async def main() -> None:
+        nonlocal sent
+        node = base_pb2.Node(id="never-reads")
+        node.metadata.update({"NAMESPACE": "default", "LABELS": {"app": "a"}})
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{control_plane.xds_port}") as channel:
+            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+            for index in range(200):
+                # Each request changes the subscription, so each asks for the large config again.
+                names = [name, f"{junk}{index}"]
+                request = discovery_pb2.DiscoveryRequest(node=node, type_url=EXTENSION_CONFIG, resource_names=names)
+                try:
+                    await asyncio.wait_for(call.write(request), 2)
+                except TimeoutError:
+                    break
+                sent += 1
+            await asyncio.sleep(1)
+            call.cancel()
+
+    asyncio.run(main())
+    grown = _rss_bytes(pid) - before
+    assert sent < 200, "the server kept reading requests whose responses were not read"
+    assert grown < 100 * 1024 * 1024, f"server grew {grown / 2**20:.0f} MiB for {sent} requests"
+    assert http_get(control_plane.http_port, "/healthz").status == 200
+
+
+def test_a_node_id_cannot_forge_log_lines_and_labels_are_not_logged_whole(control_plane: ControlPlaneProcess) -> None:
+    async def script(client: Client) -> None:
+        client.node.id = "proxy-a\n2026-01-01 00:00:00 ERROR FORGED: line"
+        client.node.metadata.update({"LABELS": {"app": "a", **{f"label-{i}": "z" * 10_000 for i in range(100)}}})
+        client.send(CLUSTER)
+        assert (await client.receive()).type_url == CLUSTER
+
+    run(control_plane, script, "a")
+    wait_for(lambda: "disconnected" in control_plane.process.log(), what="the disconnect logged")
+    log = control_plane.process.log()
+    assert not any(line.startswith("2026-01-01 00:00:00 ERROR FORGED") for line in log.splitlines())
+    assert "zzzzzzzzzz" not in log and len(log) < 20_000, f"{len(log)} characters logged"
+
+
+def test_a_stream_without_node_id_is_refused(control_plane: ControlPlaneProcess) -> None:
+    async def script(client: Client) -> None:
+        client.node.id = ""
+        client.send(CLUSTER)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.receive()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "node.id" in (refused.value.details() or "")
+
+    run(control_plane, script, "a")
+
+
+def test_a_nack_naming_an_unknown_nonce_is_not_counted(control_plane: ControlPlaneProcess) -> None:
+    metric = f'controlplane_xds_rejections_total{{type_url="{CLUSTER}"}}'
+
+    def rejections() -> list[str]:
+        return [
+            line for line in http_get(control_plane.http_port, "/metrics").body.decode().splitlines() if metric in line
+        ]
+
+    async def script(client: Client) -> None:
+        client.send(CLUSTER)
+        clusters = await client.receive()
+        for nonce in ("123456789", "bogus", ""):
+            client.send(CLUSTER, nonce=nonce or clusters.nonce + "0", error="made up")
+        assert await client.nothing_arrives()
+        assert rejections() == []
+        client.send(CLUSTER, nonce=clusters.nonce, error="a real rejection")
+        assert await client.nothing_arrives()
+        assert rejections() == [f"{metric} 1"]
+
+    run(control_plane, script, "a")
+
+
+def test_workers_share_the_ports_and_send_the_same_versions(tmp_path: Path, processes: list[Process]) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "sidecars.yaml").write_text(sidecar_yaml("a", free_port(), free_port(), {"app": "a"}))
+    plugin(config_dir, "a", 5)
+    control_plane = start_control_plane(processes, config_dir, tmp_path, "--workers", "2")
+    parent = control_plane.process.popen.pid
+
+    def workers() -> list[int]:
+        return [
+            int(pid) for task in Path(f"/proc/{parent}/task").glob("*/children") for pid in task.read_text().split()
+        ]
+
+    wait_for(lambda: len(workers()) == 2, what="two workers")
+    # Both bound the ports: each answers once it has loaded the directory.
+    wait_for(lambda: all(http_get(control_plane.http_port, "/ready").status == 200 for _ in range(10)))
+
+    async def script(*clients: Client) -> None:
+        versions = set()
+        for client in clients:
+            client.send(EXTENSION_CONFIG, names=["extensions.istio.io/wasmplugin/default.limit-a"])
+            versions.add((await client.receive()).version_info)
+        assert len(versions) == 1, versions
+
+    run(control_plane, script, *["a"] * 8)
+    children = workers()
+    control_plane.process.popen.terminate()
+    assert control_plane.process.popen.wait(timeout=15) == 0
+    assert not [
+        pid
+        for pid in children
+        if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    ]

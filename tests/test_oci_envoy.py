@@ -87,8 +87,9 @@ def test_a_wrong_sha256_is_handled_by_the_fail_strategy(
     url = f"oci://{registry.host}/envoy/limit:1.0"
     stack.write("limit.yaml", limit_plugin(url, sha256="0" * 64, fail_strategy=fail_strategy))
     stand_in_answers(stack, expected)
-    module = stack.control_plane.module(url)
-    assert module["state"] == "failed" and "sha256 mismatch" in module["reason"]
+    # A FAIL_OPEN stand-in serves while the module is still being fetched: wait for the fetch to fail.
+    module = wait_for(lambda: (m := stack.control_plane.module(url))["state"] == "failed" and m, what="the failure")
+    assert "sha256 mismatch" in module["reason"]
 
 
 @pytest.mark.parametrize("login_from", ["docker-config", "pull-secret"])

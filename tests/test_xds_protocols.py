@@ -48,8 +48,9 @@ def delta_request(
 
 def summary(responses: list[Any]) -> list[tuple[str, list[str], list[str]]]:
     return [
-        (r.type_url.rsplit(".", 1)[-1], sorted(x.name for x in r.resources), sorted(r.removed_resources))
+        (r.type_url.rsplit(".", 1)[-1], sorted(x.name for x in m.resources), sorted(m.removed_resources))
         for r in responses
+        for m in [r.message()]
     ]
 
 
@@ -83,14 +84,14 @@ def test_sotw_resubscription_after_an_unpushed_change_keeps_make_before_break() 
             type_url=LISTENER, response_nonce=responses[1].nonce, resource_names=["inbound|80"]
         )
     )
-    assert dropped.type_url == CLUSTER and len(dropped.resources) == 1, "stale clusters go once it is taken"
+    assert dropped.type_url == CLUSTER and len(dropped.message().resources) == 1, "stale clusters go once it is taken"
 
 
 def test_delta_names_subscribed_beside_the_wildcard_stay_when_it_goes() -> None:
     current = Current(snapshot("a", "b", "foo"))
     protocol: DeltaProtocol[str] = DeltaProtocol(Connection("p", "k", "delta", 0.0), current, itertools.count())
     [everything] = protocol.on_request(delta_request(CLUSTER, subscribe=["*", "foo"]))
-    assert sorted(r.name for r in everything.resources) == ["a", "b", "foo"]
+    assert sorted(r.name for r in everything.message().resources) == ["a", "b", "foo"]
     [narrowed] = protocol.on_request(delta_request(CLUSTER, nonce=everything.nonce, unsubscribe=["*"]))
     assert summary([narrowed]) == [("Cluster", [], ["a", "b"])]
 

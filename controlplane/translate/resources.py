@@ -3,6 +3,7 @@ Pure: no I/O, no clock; equal inputs give equal messages."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -119,7 +120,7 @@ def translate(
     # its own names the plugins it wants, and a proxy only subscribes to the names it uses.
     plugins = select_plugins(config, proxy, settings.root_namespace)
     services = visible_services(config, proxy, sidecar)
-    clusters = [endpoint_cluster(MODULE_CLUSTER, settings.module_host, settings.module_port)]
+    clusters = [_module_cluster(settings.module_host, settings.module_port)]
     clusters += [_upstream_cluster(port) for port in (sidecar.ingress if sidecar else ())]
     clusters += [c for service, host in services for c in _service_clusters(service, host)]
     plans = listener_plans(sidecar, proxy, services)
@@ -128,10 +129,12 @@ def translate(
     if settings.module_delivery == "remote":
         for listener, used in zip(listeners, per_listener, strict=True):
             _mark_modules(listener, [modules.get(p.module) for p in used])
+    inline = inline_modules or {}
     extension_configs = [
         config_
-        for config_ in (_extension_config(p, modules.get(p.module), settings, inline_modules or {}) for p in plugins)
-        if config_ is not None
+        for p in plugins
+        for status in [modules.get(p.module)]
+        if (config_ := _extension_config(p, status, settings, _inline_for(status, inline))) is not None
     ]
     extension_configs += [pass_through(name, plugin_type) for name, plugin_type in sorted((retired or {}).items())]
     return ProxyResources(tuple(clusters), tuple(listeners), tuple(extension_configs))
@@ -277,6 +280,7 @@ def _http_connection_manager(plan: ListenerPlan, plugins: list[WasmPlugin]) -> h
     )
 
 
+@functools.lru_cache(maxsize=8)
 def _discovery(type_urls: tuple[str, ...]) -> config_source_pb2.ExtensionConfigSource:
     # No default config and an initial fetch timeout of zero, as Istio: a listener that needs a plugin
     # warms until the plugin's config arrives rather than serving requests without it.
@@ -290,18 +294,44 @@ def _discovery(type_urls: tuple[str, ...]) -> config_source_pb2.ExtensionConfigS
     )
 
 
+def _inline_for(status: ModuleStatus | None, inline_modules: Mapping[str, bytes]) -> bytes | None:
+    return inline_modules.get(status.sha256) if isinstance(status, ModuleReady) else None
+
+
+_MADE: dict[
+    int,
+    tuple[WasmPlugin, ModuleStatus | None, TranslateSettings, bytes | None, extension_pb2.TypedExtensionConfig | None],
+] = {}
+"""Plugin configs made, by the identity of their plugin: a plugin's config is the same for every proxy
+class it selects, so it is made once for all of them (and the message never changed after). Identity, as
+hashing a plugin costs more than comparing the rest."""
+
+
 def _extension_config(
-    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, inline_modules: Mapping[str, bytes]
+    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, inline: bytes | None
 ) -> extension_pb2.TypedExtensionConfig | None:
     """None while the module is still being fetched, so that the listener waits for this config; except for
     a FAIL_OPEN plugin, which lets requests through meanwhile (its stand-in) rather than hold the listener."""
+    made = _MADE.get(id(plugin))
+    if made is not None and made[0] is plugin and made[1:4] == (status, settings, inline):
+        return made[4]
+    if len(_MADE) >= 4096:
+        _MADE.clear()
+    config = _make_extension_config(plugin, status, settings, inline)
+    _MADE[id(plugin)] = (plugin, status, settings, inline, config)
+    return config
+
+
+def _make_extension_config(
+    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, inline: bytes | None
+) -> extension_pb2.TypedExtensionConfig | None:
     if status is None:
         if plugin.fail_strategy != FailStrategy.FAIL_OPEN:
             return None
         status = ModuleFailed("still being fetched")
     config = extension_pb2.TypedExtensionConfig(name=ecds_name(plugin))
     if isinstance(status, ModuleReady):
-        plugin_config = _plugin_config(plugin, status, settings, inline_modules.get(status.sha256))
+        plugin_config = _plugin_config(plugin, status, settings, inline)
         filter_config: Message = (
             http_wasm_pb2.Wasm(config=plugin_config)
             if plugin.type == PluginType.HTTP
@@ -397,7 +427,13 @@ def _typed_filter(name: str, message: Message) -> listener_components_pb2.Filter
     return result
 
 
+@functools.lru_cache(maxsize=1024)
 def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
+    """The same for every proxy class with that port (made once; the message is never changed after)."""
+    return _make_upstream_cluster(port)
+
+
+def _make_upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
     endpoint = port.default_endpoint
     if endpoint.startswith("unix://"):
         address = address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint[len("unix://") :]))
@@ -411,6 +447,11 @@ def _upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
         # The connection manager takes h2 from clients; a gRPC backend must be spoken to in h2 too.
         speak_http2(cluster)
     return cluster
+
+
+@functools.lru_cache(maxsize=16)
+def _module_cluster(host: str, port: int) -> cluster_pb2.Cluster:
+    return endpoint_cluster(MODULE_CLUSTER, host, port)
 
 
 def speak_http2(cluster: cluster_pb2.Cluster, keepalive: protocol_pb2.KeepaliveSettings | None = None) -> None:

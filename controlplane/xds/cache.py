@@ -10,20 +10,27 @@ from controlplane.xds.snapshot import Snapshot
 K = TypeVar("K", bound=Hashable)
 
 
+def _nothing(key: object) -> None:
+    pass
+
+
 class SnapshotCache(Generic[K]):
-    def __init__(self) -> None:
+    def __init__(
+        self, on_first_watch: Callable[[K], None] = _nothing, on_last_unwatch: Callable[[K], None] = _nothing
+    ) -> None:
+        """`on_first_watch(key)` runs when a key is watched that has no snapshot yet, so that its owner can
+        `set` one; `on_last_unwatch(key)` when the last watcher of a key leaves and its snapshot is dropped."""
         self._snapshots: dict[K, Snapshot] = {}
         self._watchers: dict[K, set[Callable[[], None]]] = {}
-        self.on_first_watch: Callable[[K], None] = lambda key: None
-        """Called when a key is watched that has no snapshot yet, so its owner can build one."""
-        self.on_last_unwatch: Callable[[K], None] = lambda key: None
-        """Called when the last watcher of a key leaves and its snapshot is dropped."""
+        self._on_first_watch = on_first_watch
+        self._on_last_unwatch = on_last_unwatch
 
     def get(self, key: K) -> Snapshot | None:
         return self._snapshots.get(key)
 
     def set(self, key: K, snapshot: Snapshot) -> bool:
-        """Stores the snapshot and wakes the key's watchers; False (and nobody woken) when nothing changed."""
+        """Stores the snapshot and wakes the key's watchers; False (and nobody woken) when nothing changed,
+        so that a rebuild giving the same content costs the streams nothing."""
         current = self._snapshots.get(key)
         if current is not None and current.version == snapshot.version:
             return False
@@ -39,7 +46,7 @@ class SnapshotCache(Generic[K]):
         """Calls `notify` after every change of `key`'s snapshot; returns the function that stops it."""
         self._watchers.setdefault(key, set()).add(notify)
         if key not in self._snapshots:
-            self.on_first_watch(key)
+            self._on_first_watch(key)
 
         def cancel() -> None:
             watchers = self._watchers.get(key)
@@ -48,6 +55,6 @@ class SnapshotCache(Generic[K]):
                 if not watchers:
                     del self._watchers[key]
                     self._snapshots.pop(key, None)
-                    self.on_last_unwatch(key)
+                    self._on_last_unwatch(key)
 
         return cancel

@@ -3,15 +3,14 @@ sent and what it answered. The admin view shows this."""
 
 from __future__ import annotations
 
-import logging
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from controlplane.xds.snapshot import Resources
 
 K = TypeVar("K", bound=Hashable)
-log = logging.getLogger(__name__)
 
 
 class InvalidNode(ValueError):
@@ -25,6 +24,23 @@ class Outstanding:
     version: str
     names: frozenset[str]
     """The resources it carried, updated or removed."""
+    sent_at: float
+    """`time.monotonic()` when it was handed to the stream."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A proxy's answer to one of its responses: an ACK (`error` None) or a NACK."""
+
+    type_url: str
+    nonce: str
+    version: str
+    """The version of the response answered."""
+    error: str | None
+    seconds: float
+    """From the response being sent to its answer."""
+    news: bool
+    """A NACK of something this proxy had not already rejected with the same message; always true for an ACK."""
 
 
 MAX_OUTSTANDING = 16
@@ -46,6 +62,9 @@ class TypeState:
     """The error_detail of the last NACK, cleared once every resource it rejected was accepted since."""
     known: dict[str, str] = field(default_factory=dict)
     """Name to version of every resource the proxy holds, as far as the server knows (delta)."""
+    known_as: Resources | None = None
+    """The resource set `known` equals exactly, when it does: the next push then compares two sets that
+    every stream of the class shares, not this stream's names one by one (delta)."""
     outstanding: dict[str, Outstanding] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     """Resource name to the error of the NACK that rejected it, until a later response with it is ACKed."""
@@ -55,7 +74,7 @@ class TypeState:
 
     def sending(self, nonce: str, version: str, names: frozenset[str]) -> None:
         self.nonce, self.sent_version = nonce, version
-        self.outstanding[nonce] = Outstanding(version, names)
+        self.outstanding[nonce] = Outstanding(version, names, time.monotonic())
         while len(self.outstanding) > MAX_OUTSTANDING:
             del self.outstanding[next(iter(self.outstanding))]
 
@@ -69,31 +88,30 @@ class Connection(Generic[K]):
     connected_at: float
     types: dict[str, TypeState] = field(default_factory=dict)
 
-    def record_reply(self, type_url: str, nonce: str, error: str | None) -> str | None:
+    def record_reply(self, type_url: str, nonce: str, error: str | None) -> Reply | None:
         """Records the ACK (error None) or NACK of the response with `nonce`, any of those not answered yet:
         when a push sends two responses of one type, the first may be rejected and the second accepted.
-        Returns the rejected version when this NACK is news, so that a proxy that keeps rejecting the same
-        thing is logged once."""
+        None when the nonce names no response awaiting an answer: such a request answers nothing."""
         state = self.types[type_url]
         answered = state.outstanding.pop(nonce, None)
         if answered is None:
             return None
+        seconds = time.monotonic() - answered.sent_at
         if error is None:
             state.acked_version = answered.version
             for name in answered.names:
                 state.rejected.pop(name, None)
             if not state.rejected:
                 state.error = ""
-            return None
+            return Reply(type_url, nonce, answered.version, None, seconds, True)
         news = (state.rejected_version, state.error) != (answered.version, error)
         state.rejected.update(dict.fromkeys(answered.names, error))
         state.rejected_version, state.error = answered.version, error
-        return answered.version if news else None
+        return Reply(type_url, nonce, answered.version, error, seconds, news)
 
 
-def log_rejection(connection: Connection[Any], type_url: str, nonce: str, error: str | None) -> None:
-    rejected = connection.record_reply(type_url, nonce, error)
-    if rejected is not None:
-        log.warning(
-            "proxy %s rejected %s version %s: %s", connection.node_id, type_url.rsplit(".", 1)[-1], rejected, error
-        )
+def printable(text: str, limit: int = 200) -> str:
+    """Text a proxy sent, made safe for one log line: control characters escaped (a newline in a node id
+    must not forge a line), and cut at `limit` characters."""
+    escaped = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return escaped if len(escaped) <= limit else f"{escaped[:limit]}...({len(text)} chars)"

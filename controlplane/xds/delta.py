@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
-from typing import TypeVar
+from collections.abc import Hashable
+from typing import Any, TypeVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.xds.connection import Connection, TypeState, log_rejection
+from controlplane.xds.connection import TypeState
 from controlplane.xds.snapshot import (
     EXTENSION_CONFIG,
     LISTENER,
@@ -15,30 +15,29 @@ from controlplane.xds.snapshot import (
     REFERENCED_TYPES,
     WILDCARD,
     WILDCARD_TYPES,
-    Resource,
-    Snapshot,
+    Resources,
 )
-from controlplane.xds.stream import StreamState
+from controlplane.xds.stream import Response, StreamState
 
 K = TypeVar("K", bound=Hashable)
 
 
 class DeltaProtocol(StreamState[K]):
-    def __init__(
-        self, connection: Connection[K], snapshot: Callable[[], Snapshot | None], nonces: Iterator[int]
-    ) -> None:
-        super().__init__(connection, snapshot, nonces)
+    delta = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._removals_after: str | None = None
         """The nonce of the listener response whose ACK lets what the listeners no longer use go."""
 
-    def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[Response]:
         type_url = request.type_url
         first = type_url not in self._connection.types
         state = self._connection.types.setdefault(type_url, TypeState())
-        follow_up: list[discovery_pb2.DeltaDiscoveryResponse] = []
+        follow_up: list[Response] = []
         if request.response_nonce:
             error = request.error_detail.message if request.HasField("error_detail") else None
-            log_rejection(self._connection, type_url, request.response_nonce, error)
+            self._record_reply(type_url, request.response_nonce, error)
             if type_url == LISTENER and request.response_nonce == self._removals_after:
                 self._removals_after = None
                 # After a NACK the listeners that use them may still be there: the next change tries again.
@@ -48,12 +47,14 @@ class DeltaProtocol(StreamState[K]):
         unsubscribe = set(request.resource_names_unsubscribe)
         if first:
             state.known = dict(request.initial_resource_versions)
+            state.known_as = None
             # A first request naming nothing subscribes to everything of a wildcard type (legacy wildcard).
             state.wildcard = type_url in WILDCARD_TYPES and not subscribe
         state.wildcard = (state.wildcard or WILDCARD in subscribe) and WILDCARD not in unsubscribe
         state.names = frozenset((state.names | subscribe) - unsubscribe - {WILDCARD})
         for name in unsubscribe:
-            state.known.pop(name, None)  # the proxy forgets what it unsubscribes from
+            if state.known.pop(name, None) is not None:  # the proxy forgets what it unsubscribes from
+                state.known_as = None
         snapshot = self._snapshot()
         if snapshot is None:
             return []
@@ -64,7 +65,7 @@ class DeltaProtocol(StreamState[K]):
         include_removals = first or type_url not in REFERENCED_TYPES
         return follow_up + self._updates(type_url, state, include_removals=include_removals)
 
-    def on_change(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def on_change(self) -> list[Response]:
         snapshot = self._snapshot()
         if snapshot is not None:
             self._caught_up(snapshot)
@@ -86,7 +87,7 @@ class DeltaProtocol(StreamState[K]):
             responses += self._removals()
         return responses
 
-    def _removals(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def _removals(self) -> list[Response]:
         types = self._connection.types
         return [
             r
@@ -95,39 +96,42 @@ class DeltaProtocol(StreamState[K]):
             for r in self._updates(t, types[t], include_removals=True)
         ]
 
-    def _updates(
-        self, type_url: str, state: TypeState, include_removals: bool
-    ) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def _updates(self, type_url: str, state: TypeState, include_removals: bool) -> list[Response]:
         snapshot = self._snapshot()
         if snapshot is None:
             return []
         available = snapshot.resources(type_url)
-        wanted = state.subscribed(available).items
-        changed = [r for n, r in wanted.items() if state.known.get(n) != r.version]
+        wanted = state.subscribed(available)
+        changed, removed = _difference(state, wanted)
         # What the subscription no longer covers goes at once (the proxy asked); what is gone from the
         # snapshot goes only with `include_removals`.
-        removed = sorted(n for n in state.known if n not in wanted and (include_removals or n in available.items))
-        if type_url == EXTENSION_CONFIG:
+        if not include_removals:
+            removed = tuple(n for n in removed if n in available.items)
+        if type_url == EXTENSION_CONFIG and not state.wildcard:
             # A removed filter config leaves a listener that still names it answering 500s; it goes only
             # once no listener names it, which is when Envoy unsubscribes from it.
-            removed = [n for n in removed if state.wildcard or n not in state.names]
+            removed = tuple(n for n in removed if n not in state.names)
         if not changed and not removed:
             return []
-        for resource in changed:
-            state.known[resource.name] = resource.version
+        known = state.known
+        for name in changed:
+            known[name] = wanted.items[name].version
         for name in removed:
-            del state.known[name]
-        state.sending(str(next(self._nonces)), available.version, frozenset([r.name for r in changed] + removed))
-        return [
-            discovery_pb2.DeltaDiscoveryResponse(
-                system_version_info=available.version,
-                resources=[_resource(r) for r in changed],
-                type_url=type_url,
-                removed_resources=removed,
-                nonce=state.nonce,
-            )
-        ]
+            del known[name]
+        # Every wanted resource is now known at its version: equal sizes mean nothing else is.
+        state.known_as = wanted if len(known) == len(wanted.items) else None
+        body = available.delta_body(type_url, changed, removed)
+        return [self._response(state, type_url, available.version, frozenset(changed + removed), body)]
 
 
-def _resource(resource: Resource) -> discovery_pb2.Resource:
-    return discovery_pb2.Resource(name=resource.name, version=resource.version, resource=resource.body)
+def _difference(state: TypeState, wanted: Resources) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The resources of `wanted` the proxy lacks or holds at another version, and the names it holds that
+    `wanted` lacks. Streams of a class move between the same sets, so that is worked out once per pair."""
+    before = state.known_as
+    if before is not None:
+        if before.version == wanted.version:
+            return (), ()
+        return wanted.difference_from(before)
+    known = state.known
+    changed = tuple(n for n, r in wanted.items.items() if known.get(n) != r.version)
+    return changed, tuple(sorted(n for n in known if n not in wanted.items))

@@ -1,11 +1,17 @@
-"""Immutable sets of resources, versioned by their content."""
+"""Immutable sets of resources, versioned by their content, serialized once.
+
+Every stream of a proxy class shares one snapshot, so each resource is packed, hashed and serialized once
+per snapshot, and each response body once per (type, subscription): a stream adds only its nonce."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TypeVar, cast
 
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -24,6 +30,12 @@ PUSH_ORDER = (CLUSTER, EXTENSION_CONFIG, LISTENER)
 REFERENCED_TYPES = frozenset({CLUSTER, EXTENSION_CONFIG})
 """Types whose resources listeners refer to: removed only after the listeners that stopped using them."""
 
+MEMO_ENTRIES = 64
+"""Per resource set, the subsets and response bodies kept for reuse; streams of one class ask for the
+same few, so more only means a client inventing subscriptions grows memory."""
+
+T = TypeVar("T")
+
 
 def _digest(parts: Iterable[bytes]) -> str:
     digest = hashlib.sha256()
@@ -39,11 +51,29 @@ class Resource:
     version: str
     body: any_pb2.Any = field(repr=False, compare=False)
 
+    @cached_property
+    def delta_entry(self) -> bytes:
+        """The serialized `Resource` message of a delta response, made once per snapshot."""
+        return discovery_pb2.Resource(name=self.name, version=self.version, resource=self.body).SerializeToString()
+
+
+_PACKED: dict[int, tuple[Message, Resource]] = {}
+"""Resources made, by the identity of their message: the translation shares one message among the proxy
+classes it is the same for, so each is packed and hashed once."""
+
 
 def make_resource(message: Message) -> Resource:
+    """The message packed and versioned by its content; it must not change afterwards."""
+    packed = _PACKED.get(id(message))
+    if packed is not None and packed[0] is message:
+        return packed[1]
     body = any_pb2.Any()
     body.Pack(message, deterministic=True)
-    return Resource(message.name, _digest([body.value]), body)
+    resource = Resource(message.name, _digest([body.value]), body)
+    if len(_PACKED) >= 4096:
+        _PACKED.clear()
+    _PACKED[id(message)] = (message, resource)
+    return resource
 
 
 @dataclass(frozen=True)
@@ -52,14 +82,60 @@ class Resources:
 
     items: Mapping[str, Resource]
     version: str
+    _memo: dict[object, object] = field(default_factory=dict, repr=False, compare=False)
 
     @staticmethod
     def of(resources: Iterable[Resource]) -> Resources:
         items = {r.name: r for r in sorted(resources, key=lambda r: r.name)}
         return Resources(items, _digest(f"{r.name}={r.version}".encode() for r in items.values()))
 
-    def subset(self, names: Iterable[str]) -> Resources:
-        return Resources.of(self.items[n] for n in names if n in self.items)
+    @cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(self.items)
+
+    def subset(self, names: frozenset[str]) -> Resources:
+        """The resources named; streams of a class subscribe to the same names, so it is made once."""
+        return self._memoized(("subset", names), lambda: Resources.of(self.items[n] for n in names if n in self.items))
+
+    def difference_from(self, before: Resources) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The names of the resources added or changed since `before`, and of those removed since."""
+
+        def compare() -> tuple[tuple[str, ...], tuple[str, ...]]:
+            old = before.items
+            changed = tuple(n for n, r in self.items.items() if (o := old.get(n)) is None or o.version != r.version)
+            return changed, tuple(n for n in old if n not in self.items)
+
+        return self._memoized(("difference", before.version), compare)
+
+    def sotw_body(self, type_url: str) -> bytes:
+        """A state-of-the-world response carrying these resources, without its nonce."""
+        return self._memoized(
+            ("sotw", type_url),
+            lambda: discovery_pb2.DiscoveryResponse(
+                version_info=self.version, resources=[r.body for r in self.items.values()], type_url=type_url
+            ).SerializeToString(),
+        )
+
+    def delta_body(self, type_url: str, changed: tuple[str, ...], removed: tuple[str, ...]) -> bytes:
+        """A delta response carrying the resources `changed` of this set and the names `removed`, without its
+        nonce. Streams of a class that were in step get the same one."""
+
+        def encode() -> bytes:
+            head = discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=self.version, type_url=type_url, removed_resources=removed
+            ).SerializeToString()
+            return head + b"".join(_field(2, self.items[name].delta_entry) for name in changed)
+
+        return self._memoized(("delta", type_url, changed, removed), encode)
+
+    def _memoized(self, key: object, make: Callable[[], T]) -> T:
+        try:
+            return cast(T, self._memo[key])
+        except KeyError:
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            value = self._memo[key] = make()
+            return value
 
 
 EMPTY = Resources.of(())
@@ -76,6 +152,26 @@ class Snapshot:
     def resources(self, type_url: str) -> Resources:
         return self.by_type.get(type_url, EMPTY)
 
-    @property
+    @cached_property
     def version(self) -> str:
         return _digest(f"{t}={r.version}".encode() for t, r in sorted(self.by_type.items()))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: messages may be concatenated field by field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def with_nonce(body: bytes, nonce: str) -> bytes:
+    """A shared response body made a stream's own: field 5 is the nonce in both DiscoveryResponse and
+    DeltaDiscoveryResponse, and a field appended to a serialized message is part of it."""
+    return body + _field(5, nonce.encode())

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
-from typing import TypeVar
+from collections.abc import Hashable
+from typing import Any, TypeVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.xds.connection import Connection, TypeState, log_rejection
+from controlplane.xds.connection import TypeState
 from controlplane.xds.snapshot import (
     CLUSTER,
     EMPTY,
@@ -16,28 +16,25 @@ from controlplane.xds.snapshot import (
     WILDCARD,
     WILDCARD_TYPES,
     Resources,
-    Snapshot,
 )
-from controlplane.xds.stream import StreamState
+from controlplane.xds.stream import Response, StreamState
 
 K = TypeVar("K", bound=Hashable)
 
 
 class SotwProtocol(StreamState[K]):
-    def __init__(
-        self, connection: Connection[K], snapshot: Callable[[], Snapshot | None], nonces: Iterator[int]
-    ) -> None:
-        super().__init__(connection, snapshot, nonces)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._sent: dict[str, Resources] = {}
         self._drop_clusters_after: str | None = None
         """The nonce of the listener response whose ACK lets the clusters no longer used go."""
 
-    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[Response]:
         state = self._connection.types.setdefault(request.type_url, TypeState())
-        follow_up: list[discovery_pb2.DiscoveryResponse] = []
+        follow_up: list[Response] = []
         if request.response_nonce:
             error = request.error_detail.message if request.HasField("error_detail") else None
-            log_rejection(self._connection, request.type_url, request.response_nonce, error)
+            self._record_reply(request.type_url, request.response_nonce, error)
             follow_up = self._after_listener_reply(request)
             if request.response_nonce != state.nonce:
                 return follow_up  # answers a response a newer one has replaced: the protocol says ignore it
@@ -61,12 +58,12 @@ class SotwProtocol(StreamState[K]):
             return []
         return self._send(state, request.type_url, resources)
 
-    def on_change(self) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_change(self) -> list[Response]:
         snapshot = self._snapshot()
         if snapshot is None:
             return []
         self._caught_up(snapshot)
-        responses: list[discovery_pb2.DiscoveryResponse] = []
+        responses: list[Response] = []
         types = self._connection.types
         clusters_before = self._sent.get(CLUSTER, EMPTY)
         clusters_after = snapshot.resources(CLUSTER)
@@ -91,7 +88,7 @@ class SotwProtocol(StreamState[K]):
                 responses += self._send(types[CLUSTER], CLUSTER, clusters_after)
         return responses
 
-    def _after_listener_reply(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+    def _after_listener_reply(self, request: discovery_pb2.DiscoveryRequest) -> list[Response]:
         if request.type_url != LISTENER or request.response_nonce != self._drop_clusters_after:
             return []
         self._drop_clusters_after = None
@@ -101,18 +98,11 @@ class SotwProtocol(StreamState[K]):
         state = self._connection.types[CLUSTER]
         return self._send(state, CLUSTER, state.subscribed(snapshot.resources(CLUSTER)))
 
-    def _send(self, state: TypeState, type_url: str, resources: Resources) -> list[discovery_pb2.DiscoveryResponse]:
+    def _send(self, state: TypeState, type_url: str, resources: Resources) -> list[Response]:
         if not state.wildcard and not resources.items:
             # Envoy takes an empty answer to a named subscription as a config with no resource and rejects
             # it; a name that does not exist yet is answered when it appears.
             return []
-        state.sending(str(next(self._nonces)), resources.version, frozenset(resources.items))
         self._sent[type_url] = resources
-        return [
-            discovery_pb2.DiscoveryResponse(
-                version_info=resources.version,
-                resources=[r.body for r in resources.items.values()],
-                type_url=type_url,
-                nonce=state.nonce,
-            )
-        ]
+        body = resources.sotw_body(type_url)
+        return [self._response(state, type_url, resources.version, resources.names, body)]
