@@ -10,6 +10,7 @@ from typing import Any
 
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, WasmPlugin
 from controlplane.modules.resolver import ModuleRecord
+from controlplane.modules.signatures import signer_names
 from controlplane.redaction import redact
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.status import file_status
@@ -85,6 +86,8 @@ def _module_view(key: ModuleKey, plugins: list[str], status: ModuleStatus | None
         "pull_secret": key.pull_secret,
         "plugins": plugins,
     }
+    if key.signers:  # each entry: who must have signed (one of them); a ready module's signatures verified
+        view["signed_by"] = signer_names(key)
     if isinstance(status, ModuleReady):
         return {**view, "state": "ready", "module_sha256": status.sha256, "size": status.size}
     if isinstance(status, ModuleFailed):

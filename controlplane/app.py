@@ -10,7 +10,7 @@ import gc
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -50,6 +50,7 @@ class ControlPlane:
         self.snapshots = SnapshotBuilder(settings.translate, lambda sha256: self.store.path(sha256).read_bytes())
         self.cache: SnapshotCache[ProxyClass] = SnapshotCache(self._build_first, self.snapshots.forget)
         self.xds = DiscoveryServer(self.cache, proxy_class, self.ready)
+        self._loaded = LoadedDirectory()
         self._tasks: list[asyncio.Task[None]] = []
         self._built_from: object = None
         """What the snapshots were last built from: the config and the modules' states."""
@@ -58,7 +59,8 @@ class ControlPlane:
 
     @property
     def loaded(self) -> LoadedDirectory:
-        return self.source.loaded
+        """The directory as last loaded, with the server's signature policy applied to its plugins."""
+        return self._loaded
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -116,6 +118,7 @@ class ControlPlane:
 
     async def reload(self) -> None:
         loaded = await self.source.load()
+        self._loaded = loaded = replace(loaded, config=self.settings.signatures.apply(loaded.config))
         self.modules.require(module_requests(loaded.config))
         self._rebuild()
 

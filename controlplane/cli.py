@@ -19,19 +19,23 @@ from controlplane.bootstrap import envoy_bootstrap
 from controlplane.demo import run_demo
 from controlplane.diff import compare_in_checkout, diff_configs, render_json, render_text
 from controlplane.docker_config import DockerConfigError
-from controlplane.model import ModuleKey, ModuleStatus, ProxyClass, labels_from
+from controlplane.model import ModuleFailed, ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
 from controlplane.modules.download import FetchSettings
+from controlplane.modules.keyless import Identity, InvalidTrustRoot, check_trust_root
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
+from controlplane.modules.signatures import SignaturePolicy, load_key_files
 from controlplane.modules.store import ModuleStore
 from controlplane.node import ROUTER_PREFIX, is_gateway
 from controlplane.processes import controlplane_command
+from controlplane.redaction import redact
 from controlplane.render import message_as_dict, resources_as_dict, to_yaml
 from controlplane.serve_settings import ServeSettings
 from controlplane.source.directory import load_directory, missing_roots
 from controlplane.translate.attachment import attachment_report, unattachable_plugins
 from controlplane.translate.resources import TranslateSettings, translate
+from controlplane.verification_keys import InvalidKey
 from controlplane.workers import run_workers
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wasm-controlplane")
@@ -148,6 +152,30 @@ def _module_flags(command: argparse.ArgumentParser) -> None:
         metavar="HOST[:PORT]",
         help="a registry reached over plain HTTP; repeatable",
     )
+    command.add_argument(
+        "--verification-key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a PEM public key (cosign.pub) that --require-signatures checks modules with; repeatable",
+    )
+    command.add_argument(
+        "--require-signatures", action="store_true", help="every module must be signed by a --verification-key"
+    )
+    command.add_argument(
+        "--require-signatures-in",
+        action="append",
+        default=[],
+        metavar="NAMESPACE",
+        help="the modules of this namespace's plugins must be signed by a --verification-key; repeatable",
+    )
+    command.add_argument(
+        "--sigstore-trust-root",
+        metavar="FILE",
+        help="Sigstore trusted_root.json: keyless signatures by --certificate-identity are accepted too",
+    )
+    command.add_argument("--certificate-identity", metavar="SUBJECT", help="the keyless signer's identity (SAN)")
+    command.add_argument("--certificate-oidc-issuer", metavar="ISSUER", help="the keyless signer's OIDC issuer")
 
 
 class _UsageError(Exception):
@@ -170,6 +198,39 @@ def _fetch_settings(args: argparse.Namespace) -> FetchSettings:
         docker_credentials=docker_credentials,
         credential_helpers=helpers,
     )
+
+
+def _signature_policy(args: argparse.Namespace) -> SignaturePolicy:
+    """The policy `_module_flags` give, or a _UsageError."""
+    try:
+        keys = load_key_files(args.verification_key)
+    except InvalidKey as exc:
+        raise _UsageError(f"--verification-key: {exc}") from None
+    identity = _keyless_identity(args)
+    required = args.require_signatures or bool(args.require_signatures_in)
+    if (keys or identity) and not required:
+        raise _UsageError(
+            "--verification-key and keyless identities need --require-signatures or --require-signatures-in NAMESPACE"
+        )
+    if required and not (keys or identity):
+        raise _UsageError(
+            "--require-signatures needs at least one --verification-key FILE (or a keyless identity) to check with"
+        )
+    return SignaturePolicy(keys, args.require_signatures, frozenset(args.require_signatures_in), identity)
+
+
+def _keyless_identity(args: argparse.Namespace) -> Identity | None:
+    given = (args.sigstore_trust_root, args.certificate_identity, args.certificate_oidc_issuer)
+    if not any(given):
+        return None
+    if not all(given):
+        raise _UsageError("--sigstore-trust-root, --certificate-identity and --certificate-oidc-issuer go together")
+    try:
+        trust_root = Path(args.sigstore_trust_root).read_text()
+        check_trust_root(trust_root)
+    except (OSError, UnicodeDecodeError, InvalidTrustRoot) as exc:
+        raise _UsageError(f"--sigstore-trust-root: {args.sigstore_trust_root}: {exc}") from None
+    return Identity(args.certificate_oidc_issuer, args.certificate_identity, trust_root)
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -199,6 +260,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         fetch = _fetch_settings(args)
+        signatures = _signature_policy(args)
     except _UsageError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return 2
@@ -221,6 +283,7 @@ def _serve(args: argparse.Namespace) -> int:
             local_module_dir=args.local_module_dir or cache_dir,
         ),
         modules=ResolverSettings(fetch=fetch, repull_seconds=args.repull_interval),
+        signatures=signatures,
         resync_seconds=args.resync_interval,
     )
     if args.host in ("0.0.0.0", "::") and not args.advertise_address:
@@ -290,19 +353,24 @@ def _diff(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     try:
         fetch = _fetch_settings(args)
+        signatures = _signature_policy(args)
     except _UsageError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return 2
     loaded = load_directory([args.dir])
     for error in loaded.errors:
         print(error, file=sys.stderr)
+    config = signatures.apply(loaded.config)
     settings = TranslateSettings(
         root_namespace=args.root_namespace, module_host=args.advertise_address, module_port=args.http_port
     )
     proxy = ProxyClass(args.namespace, labels_from(args.labels), gateway=args.gateway or is_gateway("", args.labels))
-    modules = asyncio.run(_resolve_modules(module_requests(loaded.config), fetch))
-    rendered = resources_as_dict(translate(loaded.config, proxy, modules, settings))
-    rendered["attachment"] = attachment_report(loaded.config, [proxy], args.root_namespace)
+    modules = asyncio.run(_resolve_modules(module_requests(config), fetch))
+    for key, status in modules.items():
+        if isinstance(status, ModuleFailed):  # its plugins get their stand-ins below; say why
+            print(f"module {redact(key.url)}: {status.reason}", file=sys.stderr)
+    rendered = resources_as_dict(translate(config, proxy, modules, settings))
+    rendered["attachment"] = attachment_report(config, [proxy], args.root_namespace)
     print(to_yaml(rendered), end="")
     return 1 if loaded.errors else 0
 

@@ -91,6 +91,10 @@ class ModuleKey:
     pull_secret: str = ""
     """`namespace/name` of the plugin's imagePullSecret: a module fetched with one namespace's credentials
     is never handed to a plugin of another namespace that has none."""
+    signers: tuple[tuple[str, ...], ...] = ()
+    """PEM public keys (or keyless identities), in groups: the module is served only when, for every group,
+    a signature by one of them verifies. Part of the key, so a module checked against one set of keys is never handed to a
+    plugin that names others."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,11 @@ class WasmPlugin:
     source: SourceRef
     image_pull_secret_line: int = 0
     """Where `imagePullSecret` is written, for the warning when no such Secret is in the directory."""
+    verification_key: str = ""
+    """`verificationKey`: a PEM public key that must have signed the module; empty: none."""
+    required_keys: tuple[str, ...] = ()
+    """Signers the server's signature policy demands for this plugin's namespace (PEM keys, a keyless
+    identity), one of which must have signed the module; set by that policy, never by the document."""
 
     @property
     def qualified_name(self) -> str:
@@ -124,7 +133,10 @@ class WasmPlugin:
     @property
     def module(self) -> ModuleKey:
         secret = f"{self.namespace}/{self.image_pull_secret}" if self.image_pull_secret else ""
-        return ModuleKey(self.url, self.sha256, secret)
+        signers: tuple[tuple[str, ...], ...] = ((self.verification_key,),) if self.verification_key else ()
+        if self.required_keys:
+            signers += (self.required_keys,)
+        return ModuleKey(self.url, self.sha256, secret, signers)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controlplane.modules.resolver import ResolverSettings
+from controlplane.modules.signatures import SignaturePolicy
 from controlplane.source.settle import SettleSettings
 from controlplane.translate.resources import TranslateSettings
 
@@ -19,6 +20,7 @@ class ServeSettings:
     http_port: int = 18001
     translate: TranslateSettings = TranslateSettings()
     modules: ResolverSettings = ResolverSettings()
+    signatures: SignaturePolicy = SignaturePolicy()
     settle: SettleSettings = SettleSettings()
     resync_seconds: float = 30.0
     startup_fetch_seconds: float = 30.0

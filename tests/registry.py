@@ -303,6 +303,28 @@ class Registry:
         assert status == 201, (status, body)
         return sha256_digest(content)
 
+    def push_manifest_by_digest(self, repository: str, manifest: dict[str, Any]) -> str:
+        """PUTs a manifest under its own digest, untagged (as referrers are pushed), and returns the digest."""
+        return self.push_manifest(repository, sha256_digest(json.dumps(manifest, indent=1).encode()), manifest)
+
+    def manifest_or_none(self, repository: str, reference: str) -> dict[str, Any] | None:
+        status, _, body = self._request(
+            "GET", f"/v2/{repository}/manifests/{reference}", accept=f"{OCI_MANIFEST}, {OCI_INDEX}"
+        )
+        return json.loads(body) if status == 200 else None
+
+    def descriptor(self, repository: str, reference: str) -> dict[str, Any]:
+        """`mediaType`, `size` and `digest` of a manifest (by tag or digest), as a `subject` names it."""
+        status, headers, body = self._request(
+            "GET", f"/v2/{repository}/manifests/{reference}", accept=f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}"
+        )
+        assert status == 200, (status, body)
+        return {"mediaType": headers["content-type"], "size": len(body), "digest": sha256_digest(body)}
+
+    def delete_manifest(self, repository: str, digest: str) -> None:
+        status, _, body = self._request("DELETE", f"/v2/{repository}/manifests/{digest}")
+        assert status == 202, (status, body)
+
     def push(self, repository: str, tag: str, module: bytes, image_format: str = "wasm-2-layers") -> str:
         """Pushes `module` in one of FORMATS and returns the digest of what the tag points at."""
         if image_format == "oci-index":

@@ -13,7 +13,7 @@ from tests.support import REPO
 PACKAGE = REPO / "controlplane"
 LAYERS: list[set[str]] = [
     {"errors", "model", "api", "redaction", "regular_file"},
-    {"image_reference", "addresses", "files", "docker_config", "processes", "workers"},
+    {"image_reference", "addresses", "files", "docker_config", "processes", "workers", "verification_keys"},
     {"source", "modules", "xds"},
     {"translate"},
     {"node", "snapshots", "render", "diff", "http_server", "serve_settings"},

@@ -62,6 +62,9 @@ class Fetched:
     manifest: str = ""
     """For OCI, the digest (`sha256:<hex>`) the reference resolved to: a later pull that finds the same one
     can keep the module it has."""
+    as_served: bytes | None = field(default=None, repr=False)
+    """For http(s), the bytes as downloaded when unpacking (gzip, tar) changed them: what a detached
+    signature (`cosign sign-blob`) of the file covers. None: `content` itself."""
 
 
 def tls_context(settings: FetchSettings) -> ssl.SSLContext:

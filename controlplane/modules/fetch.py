@@ -7,6 +7,7 @@ import asyncio
 import urllib.parse
 import urllib.request
 from concurrent.futures import Executor
+from dataclasses import replace
 
 from controlplane.model import RegistryCredential
 from controlplane.modules import oci
@@ -50,10 +51,21 @@ async def fetch_module(
     loop = asyncio.get_running_loop()
     if is_http(url):
         # Unpacking up to --max-module-size is work for a thread too, not for the loop.
-        return Fetched(
-            await loop.run_in_executor(downloads, lambda: unpack(_download(url, settings), settings.max_bytes))
-        )
+        return await loop.run_in_executor(downloads, _download_module, url, settings)
     return await loop.run_in_executor(downloads, oci.pull, url, settings, credentials, known_manifest)
+
+
+def fetch_small(url: str, settings: FetchSettings, max_bytes: int) -> bytes:
+    """Blocking. A small file of a file or http(s) url (a module's detached signature), read as modules are."""
+    if is_local(url):
+        return _read_file(url[len("file://") :], max_bytes)
+    return _download(url, replace(settings, max_bytes=max_bytes))
+
+
+def _download_module(url: str, settings: FetchSettings) -> Fetched:
+    served = _download(url, settings)
+    content = unpack(served, settings.max_bytes)
+    return Fetched(content, as_served=None if content is served else served)
 
 
 def _read_file(path: str, max_bytes: int) -> bytes:

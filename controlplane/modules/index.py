@@ -4,6 +4,7 @@ serves what was pinned or pulled with IfNotPresent."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -32,7 +33,12 @@ class IndexEntry:
 
 
 def entry_name(key: ModuleKey) -> str:
-    return json.dumps([key.url, key.sha256, key.pull_secret])
+    """A module is recorded only once it verified, so a key with signers records that its signature did:
+    a restart with the same keys serves it without checking again, other keys find no entry."""
+    name = [key.url, key.sha256, key.pull_secret]
+    if key.signers:
+        name.append(hashlib.sha256(json.dumps(key.signers).encode()).hexdigest())
+    return json.dumps(name)
 
 
 def expired(entries: Mapping[str, IndexEntry], wanted: Iterable[str], now: float, expiry_seconds: float) -> set[str]:

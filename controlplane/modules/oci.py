@@ -30,6 +30,7 @@ from controlplane.modules.download import (
 from controlplane.modules.image import (
     ACCEPTED_MANIFESTS,
     INDEX_TYPES,
+    OCI_INDEX,
     Descriptor,
     choose_manifest,
     media_type,
@@ -43,18 +44,18 @@ _ARCHIVE_SLACK_BYTES = 1024 * 1024
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
+class NotFound(FetchFailed):
+    """The registry answered 404: a signature or referrer that is not there, rather than a failure."""
+
+
 def pull(
     url: str, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = (), known_manifest: str = ""
 ) -> Fetched | None:
     """The module of an image, with the digests of the manifests it came through; None when the reference
     still names `known_manifest` (`sha256:<hex>`), whose module the caller has: only the manifest is fetched,
     as a re-pull of an unchanged tag need not download the module again."""
-    try:
-        image = parse_reference(url)
-    except InvalidReference as exc:
-        raise FetchFailed(str(exc)) from None
-    credential = credential_for(image.registry, credentials, settings.docker_credentials, settings.credential_helpers)
-    registry = _Registry(image, settings, credential)
+    registry = open_repository(url, settings, credentials)
+    image = registry.image
     manifest, digest, kind = registry.manifest(image.reference)
     if known_manifest and digest == known_manifest:
         return None
@@ -69,6 +70,16 @@ def pull(
     blob = registry.blob(layer.blob, limit)
     content = unpack(blob, settings.max_bytes, layer.member) if layer.member else blob
     return Fetched(content, frozenset(d.removeprefix("sha256:") for d in digests), top)
+
+
+def open_repository(url: str, settings: FetchSettings, credentials: tuple[RegistryCredential, ...] = ()) -> _Registry:
+    """The repository an image url names, logged in as a pull of it would be."""
+    try:
+        image = parse_reference(url)
+    except InvalidReference as exc:
+        raise FetchFailed(str(exc)) from None
+    credential = credential_for(image.registry, credentials, settings.docker_credentials, settings.credential_helpers)
+    return _Registry(image, settings, credential)
 
 
 class _Registry:
@@ -86,6 +97,10 @@ class _Registry:
         self._until = deadline(settings)
         """One deadline for the manifests, token and blob of this pull."""
 
+    @property
+    def image(self) -> ImageReference:
+        return self._image
+
     def manifest(self, reference: str) -> tuple[dict[str, Any], str, str]:
         """The manifest's JSON, its digest and its media type; a manifest asked for by digest must have it."""
         separator = "@" if reference.startswith("sha256:") else ":"
@@ -101,6 +116,20 @@ class _Registry:
         if not isinstance(manifest, dict):
             raise FetchFailed(f"{what}: not a JSON object")
         return manifest, digest, media_type(manifest, headers.get("Content-Type", ""))
+
+    def referrers(self, digest: str) -> dict[str, Any] | None:
+        """The OCI 1.1 referrers index of a manifest; None when the registry has no referrers API (404), as
+        distribution 2.x: then clients find referrers under the `sha256-<hex>` tag instead."""
+        what = f"referrers of {self._image.registry}/{self._image.repository}@{digest}"
+        try:
+            body, _ = self._get(f"/referrers/{digest}", OCI_INDEX, MAX_MANIFEST_BYTES, what)
+        except NotFound:
+            return None
+        try:
+            index = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise FetchFailed(f"{what}: not JSON") from None
+        return index if isinstance(index, dict) else None
 
     def blob(self, descriptor: Descriptor, limit: int) -> bytes:
         what = f"blob {self._image.registry}/{self._image.repository}@{descriptor.digest}"
@@ -182,6 +211,10 @@ class _Registry:
         return token
 
 
+Repository = _Registry
+"""What `open_repository` gives: manifests, referrers and blobs of one repository."""
+
+
 def _basic(credential: RegistryCredential) -> str:
     return base64.b64encode(f"{credential.username}:{credential.password}".encode()).decode("ascii")
 
@@ -193,7 +226,7 @@ def _client_error(exc: urllib.error.HTTPError, what: str, registry: str) -> Exce
     if exc.code == 403:
         return FetchFailed(f"{what}: access denied (HTTP 403)")
     if exc.code == 404:
-        return FetchFailed(f"{what}: not found")
+        return NotFound(f"{what}: not found")
     if exc.code == 400 and f"http://{registry}/" in exc.url:
         return FetchFailed(f"{what}: HTTP 400 (is {registry}, given as --insecure-registry, an HTTPS registry?)")
     if 400 <= exc.code < 500:

@@ -22,6 +22,7 @@ from controlplane.modules.download import FetchFailed, FetchSettings
 from controlplane.modules.fetch import fetch_module, is_local
 from controlplane.modules.index import IndexEntry, ModuleIndex, entry_name, expired
 from controlplane.modules.policy import ModuleRequest
+from controlplane.modules.signatures import check_signatures
 from controlplane.modules.store import ModuleStore
 from controlplane.modules.verify import ModuleRejected, verify_module
 from controlplane.redaction import redact
@@ -322,6 +323,10 @@ async def pull_module(
             return Resolved(ModuleReady(cached.sha256, cached.size), cached.manifest, unchanged=True)
         sha256 = await asyncio.to_thread(
             verify_module, fetched.content, key.sha256, settings.max_bytes, fetched.digests
+        )
+        # Signatures are fetched too: on the download threads, like the module.
+        await asyncio.get_running_loop().run_in_executor(
+            downloads, check_signatures, key, fetched, settings, credentials
         )
     except (FetchFailed, ModuleRejected) as exc:
         return Resolved(ModuleFailed(str(exc)))

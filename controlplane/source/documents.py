@@ -39,6 +39,7 @@ from controlplane.source.go_json import struct_json
 from controlplane.source.schema import Problem, parse_message
 from controlplane.source.secrets import DOCKER_CONFIG_JSON_TYPE, SECRET_API_VERSIONS, read_pull_secret
 from controlplane.source.yaml_documents import FieldPath, YamlDocument, format_field_path
+from controlplane.verification_keys import InvalidKey, canonical_pem
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,13 @@ def _read_wasm_plugin(
                 problems.append((port_at, f"port {port.number} is listed twice"))
             seen_ports.add(port.number)
 
+    verification_key = ""
+    if spec.verification_key:
+        try:
+            verification_key = canonical_pem(spec.verification_key)
+        except InvalidKey as exc:
+            problems.append((at + ("verificationKey",), str(exc)))
+
     url = _resolve_file_url(_lower_scheme(spec.url), document.path)
     if problems:
         return None, problems
@@ -287,6 +295,7 @@ def _read_wasm_plugin(
             type=PluginType.NETWORK if spec.type == wasmplugin_pb2.NETWORK else PluginType.HTTP,
             source=source,
             image_pull_secret_line=document.line_of(("spec", "imagePullSecret")),
+            verification_key=verification_key,
         ),
         [],
     )
