@@ -14,8 +14,10 @@ from controlplane.modules.signatures import signer_names
 from controlplane.redaction import redact
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.status import file_status
-from controlplane.xds.connection import Connection
+from controlplane.translate.resources import ECDS_NAME_PREFIX
+from controlplane.xds.connection import Connection, TypeState
 from controlplane.xds.server import DiscoveryServer
+from controlplane.xds.snapshot import EXTENSION_CONFIG
 
 
 def config_view(
@@ -24,10 +26,13 @@ def config_view(
     now: float,
     clock: float,
     attachment: list[dict[str, Any]] | None = None,
+    connections: Iterable[Connection[Any]] = (),
 ) -> dict[str, Any]:
     """`/debug/config`: per file what serves and what failed, per module its state, and per plugin where it
     runs on the connected proxies and why not elsewhere (`attachment`). `now` (seconds since the epoch) and
-    `clock` (the monotonic clock) are read at the same instant."""
+    `clock` (the monotonic clock) are read at the same instant. `connections`: the proxy streams, whose NACKs
+    of a plugin's config show on its module."""
+    views = module_views(loaded.config.plugins, modules, now, clock)
     return {
         "errors": [str(e) for e in loaded.errors],
         "files": file_status(loaded),
@@ -41,9 +46,27 @@ def config_view(
             }
             for key, served in loaded.served.items()
         ],
-        "modules": module_views(loaded.config.plugins, modules, now, clock),
+        "modules": [_with_rejections(view, connections) for view in views],
         "attachment": attachment or [],
     }
+
+
+def _with_rejections(view: dict[str, Any], connections: Iterable[Connection[Any]]) -> dict[str, Any]:
+    """What Envoy runs, beside what the control plane holds: a module that is ready here but whose plugin
+    config a proxy rejected (it could not load the module, or read its file) is not running there; that
+    proxy keeps the config it had."""
+    names = {ECDS_NAME_PREFIX + plugin.replace("/", ".", 1) for plugin in view["plugins"]}
+    rejected = sorted(
+        {
+            (c.node_id, error)
+            for c in connections
+            for name, error in c.types.get(EXTENSION_CONFIG, TypeState()).rejected.items()
+            if name in names
+        }
+    )
+    if not rejected:
+        return view
+    return {**view, "rejected_by": [{"node": node, "error": error} for node, error in rejected]}
 
 
 def module_views(

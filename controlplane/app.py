@@ -17,7 +17,7 @@ import grpc
 from controlplane.addresses import host_for_url
 from controlplane.admin import config_view, metrics_text, proxies_view
 from controlplane.http_server import HttpServer
-from controlplane.model import ProxyClass
+from controlplane.model import ModuleReady, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests, start_waits_for
 from controlplane.modules.resolver import ModuleResolver
@@ -44,10 +44,10 @@ class ControlPlane:
         self.source = DirectoryFollower(
             settings.config_dirs, settings.cache_dir, settings.settle, settings.resync_seconds
         )
-        self.store = ModuleStore(settings.cache_dir)
+        # Inline delivery sends modules from memory, so that the cache dir is a cache and nothing more.
+        self.store = ModuleStore(settings.cache_dir, keep_in_memory=settings.translate.module_delivery == "inline")
         self.modules = ModuleResolver(self.store, ModuleIndex(settings.cache_dir), settings.modules, self._rebuild)
-        # Inline modules are read on the loop: Wasm modules are small next to what the store allows.
-        self.snapshots = SnapshotBuilder(settings.translate, lambda sha256: self.store.path(sha256).read_bytes())
+        self.snapshots = SnapshotBuilder(settings.translate, self.store.read)
         self.cache: SnapshotCache[ProxyClass] = SnapshotCache(self._build_first, self.snapshots.forget)
         self.xds = DiscoveryServer(self.cache, proxy_class, self.ready)
         self._loaded = LoadedDirectory()
@@ -76,6 +76,7 @@ class ControlPlane:
                 attachment_report(
                     self.loaded.config, self.cache.watched_keys(), self.settings.translate.root_namespace
                 ),
+                self.xds.connections.values(),
             ),
             "/debug/proxies": lambda: proxies_view(self.xds.connections.values()),
             "/metrics": lambda: metrics_text(self.ready.is_set(), self.loaded, self.modules.statuses, self.xds),
@@ -133,6 +134,8 @@ class ControlPlane:
         if built_from == self._built_from:
             return
         self._built_from = built_from
+        self.snapshots.retain(config, statuses)
+        self.store.keep_only(s.sha256 for s in statuses.values() if isinstance(s, ModuleReady))
         changed = sum(self.cache.set(p, self.snapshots.build(config, statuses, p)) for p in self.cache.watched_keys())
         if changed:
             # A count: a class is named by labels its proxies chose, of any size.

@@ -22,6 +22,7 @@ from controlplane.docker_config import DockerConfigError
 from controlplane.model import ModuleFailed, ModuleKey, ModuleStatus, ProxyClass, labels_from
 from controlplane.modules.credentials import CredentialHelpers, docker_config_path, load_docker_config
 from controlplane.modules.download import FetchSettings
+from controlplane.modules.fetch import oversized_local_modules
 from controlplane.modules.keyless import Identity, InvalidTrustRoot, check_trust_root
 from controlplane.modules.policy import ModuleRequest, module_requests
 from controlplane.modules.resolver import ResolverSettings, resolve_module
@@ -60,19 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--config-dir", action="append", required=True, help="repeatable")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     serve_cmd.add_argument("--xds-port", type=int, default=18000)
-    serve_cmd.add_argument("--http-port", type=int, default=18001, help="modules, health and status")
+    serve_cmd.add_argument("--http-port", type=int, default=18001, help="health, status and cached modules")
     serve_cmd.add_argument(
         "--advertise-address",
-        help="HOST[:PORT] where the proxies reach --http-port (default: --host); a PORT for a load balancer "
-        "in front of replicas",
+        help="ignored: proxies no longer download modules from --http-port (they come inside the configs)",
     )
     serve_cmd.add_argument("--root-namespace", default="istio-system")
     serve_cmd.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     serve_cmd.add_argument(
         "--module-delivery",
-        choices=["remote", "local"],
-        default="remote",
-        help="remote: proxies download modules from --http-port; local: proxies read "
+        choices=["inline", "local"],
+        default="inline",
+        help="inline: each module travels inside its plugin's config; local: proxies read "
         "them from --local-module-dir, a shared volume holding the cache dir",
     )
     serve_cmd.add_argument("--local-module-dir", help="where the proxies see --cache-dir (default: the same path)")
@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     validate_cmd = commands.add_parser("validate", help="check config directories; exit 1 when invalid")
     validate_cmd.add_argument("dirs", nargs="+")
     validate_cmd.add_argument("--format", choices=["text", "json"], default="text")
+    validate_cmd.add_argument(
+        "--max-module-size", type=int, default=FetchSettings.max_bytes, help="bytes; checked for file:// modules"
+    )
     validate_cmd.add_argument("--root-namespace", default="istio-system")
     validate_cmd.set_defaults(run=_validate)
 
@@ -111,8 +114,6 @@ def _parser() -> argparse.ArgumentParser:
     render_cmd.add_argument("--labels", default="", type=_labels, help="k=v[,k=v]")
     render_cmd.add_argument("--gateway", action="store_true", help="a gateway: every listener is CLIENT-side")
     render_cmd.add_argument("--root-namespace", default="istio-system")
-    render_cmd.add_argument("--advertise-address", default="127.0.0.1")
-    render_cmd.add_argument("--http-port", type=int, default=18001)
     _module_flags(render_cmd)
     render_cmd.set_defaults(run=_render)
 
@@ -252,12 +253,8 @@ def _host_port(text: str) -> tuple[str, int]:
 
 def _serve(args: argparse.Namespace) -> int:
     cache_dir = os.path.abspath(args.cache_dir)
-    address = args.advertise_address or args.host
-    try:
-        advertised = parse_host_port(address, default_port=args.http_port)
-    except InvalidAddress:
-        print(f"controlplane: --advertise-address: {address!r} is not HOST[:PORT]", file=sys.stderr)
-        return 2
+    if args.advertise_address:
+        print("controlplane: --advertise-address is ignored: modules come inside the configs", file=sys.stderr)
     try:
         fetch = _fetch_settings(args)
         signatures = _signature_policy(args)
@@ -277,8 +274,6 @@ def _serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         translate=TranslateSettings(
             root_namespace=args.root_namespace,
-            module_host=advertised[0],
-            module_port=advertised[1],
             module_delivery=args.module_delivery,
             local_module_dir=args.local_module_dir or cache_dir,
         ),
@@ -286,9 +281,6 @@ def _serve(args: argparse.Namespace) -> int:
         signatures=signatures,
         resync_seconds=args.resync_interval,
     )
-    if args.host in ("0.0.0.0", "::") and not args.advertise_address:
-        print("controlplane: --advertise-address is required with --host", args.host, file=sys.stderr)
-        return 2
     if args.workers > 1:
         return run_workers(args.workers, _worker_command(args.argv))
     asyncio.run(serve(settings))
@@ -315,16 +307,17 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"controlplane: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return 2
     loaded = load_directory(args.dirs)
+    errors = sorted(loaded.errors + tuple(oversized_local_modules(loaded.config.plugins, args.max_module_size)))
     warnings = sorted(set(loaded.warnings) | set(unattachable_plugins(loaded.config, args.root_namespace)))
     for warning in warnings:  # worth a look, not a reason to fail a commit
         print(f"warning: {warning}", file=sys.stderr)
     if args.format == "json":
-        print(json.dumps([dataclasses.asdict(e) for e in loaded.errors], indent=2))
-        return 1 if loaded.errors else 0
-    for error in loaded.errors:
+        print(json.dumps([dataclasses.asdict(e) for e in errors], indent=2))
+        return 1 if errors else 0
+    for error in errors:
         print(error, file=sys.stderr)
     plugins, sidecars = len(loaded.config.plugins), len(loaded.config.sidecars)
-    if loaded.errors:
+    if errors:
         return 1
     print(f"ok: {plugins} WasmPlugin(s), {sidecars} Sidecar(s) in {len(loaded.files)} file(s)")
     return 0
@@ -361,26 +354,25 @@ def _render(args: argparse.Namespace) -> int:
     for error in loaded.errors:
         print(error, file=sys.stderr)
     config = signatures.apply(loaded.config)
-    settings = TranslateSettings(
-        root_namespace=args.root_namespace, module_host=args.advertise_address, module_port=args.http_port
-    )
+    settings = TranslateSettings(root_namespace=args.root_namespace)
     proxy = ProxyClass(args.namespace, labels_from(args.labels), gateway=args.gateway or is_gateway("", args.labels))
-    modules = asyncio.run(_resolve_modules(module_requests(config), fetch))
-    for key, status in modules.items():
-        if isinstance(status, ModuleFailed):  # its plugins get their stand-ins below; say why
-            print(f"module {redact(key.url)}: {status.reason}", file=sys.stderr)
-    rendered = resources_as_dict(translate(config, proxy, modules, settings))
+    with tempfile.TemporaryDirectory() as scratch:
+        store = ModuleStore(Path(scratch))
+        modules = asyncio.run(_resolve_modules(module_requests(config), fetch, store))
+        for key, status in modules.items():
+            if isinstance(status, ModuleFailed):  # its plugins get their stand-ins below; say why
+                print(f"module {redact(key.url)}: {status.reason}", file=sys.stderr)
+        rendered = resources_as_dict(translate(config, proxy, modules, settings, code=store.read))
     rendered["attachment"] = attachment_report(config, [proxy], args.root_namespace)
     print(to_yaml(rendered), end="")
     return 1 if loaded.errors else 0
 
 
-async def _resolve_modules(requests: list[ModuleRequest], fetch: FetchSettings) -> dict[ModuleKey, ModuleStatus]:
-    """Modules as the server would see them (its flags, the plugins' pull Secrets), fetched into a
-    throwaway store."""
-    with tempfile.TemporaryDirectory() as scratch:
-        store = ModuleStore(Path(scratch))
-        results = await asyncio.gather(*(resolve_module(r.key, store, fetch, r.credentials) for r in requests))
+async def _resolve_modules(
+    requests: list[ModuleRequest], fetch: FetchSettings, store: ModuleStore
+) -> dict[ModuleKey, ModuleStatus]:
+    """Modules as the server would see them (its flags, the plugins' pull Secrets)."""
+    results = await asyncio.gather(*(resolve_module(r.key, store, fetch, r.credentials) for r in requests))
     return {r.key: status for r, status in zip(requests, results, strict=True)}
 
 

@@ -42,7 +42,7 @@ def run_demo() -> int:
 
         step("starting httpbin on", HTTPBIN_ADDRESS)
         start("httpbin", [_tool("gunicorn"), "-b", HTTPBIN_ADDRESS, "httpbin:app"])
-        step("starting the control plane on 127.0.0.1:18000 (xDS) and :18001 (modules), watching", config_dir)
+        step("starting the control plane on 127.0.0.1:18000 (xDS) and :18001 (status), watching", config_dir)
         start(
             "controlplane",
             controlplane_command("serve", "--config-dir", str(config_dir), "--cache-dir", str(work_dir / "cache")),

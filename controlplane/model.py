@@ -265,8 +265,8 @@ class ProxyClass:
     namespace: str
     labels: Labels
     standalone_ecds: bool = False
-    """Connected to the extension-config service alone: its listeners are its own and never warm again, so
-    Envoy would never fetch remote code for it; it gets its modules inline."""
+    """Connected to the extension-config service alone: its listeners are its own, so a plugin that goes
+    away must get a pass-through config, as the listener keeps naming it."""
     gateway: bool = False
     """A gateway (Istio's `router` proxies): every listener of it is CLIENT-side."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -25,9 +26,21 @@ def resources_as_dict(resources: ProxyResources) -> dict[str, Any]:
 
     return {
         "clusters": decode(resources.clusters),
-        "extension_configs": decode(resources.extension_configs),
+        "extension_configs": [_summarize_code(c) for c in decode(resources.extension_configs)],
         "listeners": decode(resources.listeners),
     }
+
+
+def _summarize_code(value: Any) -> Any:
+    """A module sent inline is shown by its size: megabytes of base64 would say nothing to a reader."""
+    if isinstance(value, dict):
+        return {
+            k: f"<{len(base64.b64decode(v))} bytes of Wasm>" if k == "inline_bytes" else _summarize_code(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_summarize_code(v) for v in value]
+    return value
 
 
 def to_yaml(data: Any) -> str:

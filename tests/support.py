@@ -7,9 +7,12 @@ import argparse
 import contextlib
 import http.client
 import json
+import os
 import shutil
 import socket
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,8 @@ ORDER_MARKER_WASM = PLUGINS / "order-marker" / "plugin.wasm"
 T = TypeVar("T")
 ROUTER = "envoy.filters.http.router"
 BOTH_PROTOCOLS = pytest.mark.parametrize("stack", ["sotw", "delta"], indirect=True)
+UNPRIVILEGED = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--") if os.geteuid() == 0 else ()
+"""Runs a command without the capabilities that let root read what file permissions forbid."""
 
 
 def free_port() -> int:
@@ -149,6 +154,7 @@ def start_control_plane(
     ports: tuple[int, int] | None = None,
     until: str = "/ready",
     host: str = "127.0.0.1",
+    cache_dir: Path | None = None,
     command_prefix: tuple[str, ...] = (),
 ) -> ControlPlaneProcess:
     """`ports` (xDS, HTTP) start it where an earlier one ran, as a restart does; `until` is the HTTP path
@@ -169,7 +175,7 @@ def start_control_plane(
                 "--http-port",
                 str(http_port),
                 "--cache-dir",
-                str(log_dir / "cache"),
+                str(cache_dir or log_dir / "cache"),
                 "--host",
                 host,
                 *extra,
@@ -339,6 +345,58 @@ class Stack:
 
     def listener_filters(self) -> list[str]:
         return self.envoy.http_filters(f"inbound|{self.port}")
+
+
+def padded(module: bytes, size: int, seed: str) -> bytes:
+    """`module` with a custom section that brings it to about `size` bytes; `seed` makes another sha256."""
+    name = b"bench-padding"
+    payload = (seed.encode() * (size // max(1, len(seed)) + 1))[: max(0, size - len(module))]
+    body = _leb128(len(name)) + name + payload
+    return module + b"\x00" + _leb128(len(body)) + body
+
+
+def _leb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class Traffic:
+    """Two threads sending requests on new connections while in a `with`: each response counted by its
+    status, and a 200 by the value of `header` (set by the plugin under test)."""
+
+    def __init__(self, port: int, header: str) -> None:
+        self.port = port
+        self.header = header
+        self.counts: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                response = http_get(self.port, timeout=5)
+            except (OSError, http.client.HTTPException):
+                self.counts["connection error"] += 1
+                continue
+            marker = response.headers.get(self.header)
+            if response.status == 200:
+                self.counts[f"plugin {marker}" if marker else "WITHOUT THE PLUGIN"] += 1
+            else:
+                self.counts[str(response.status)] += 1
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
 
 
 _MESSAGES = {

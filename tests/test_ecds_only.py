@@ -97,7 +97,7 @@ def test_example_bootstrap_takes_the_plugin_over_ecds(api_type: str, ecds_only: 
     assert list(connection["types"]) == ["type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"]
 
 
-@pytest.mark.parametrize("delivery", ["remote", "local"])
+@pytest.mark.parametrize("delivery", ["inline", "local"])
 def test_a_new_module_applies_to_a_listener_that_never_warms_again(
     delivery: str, tmp_path: Path, ecds_only: Callable[..., EcdsOnly]
 ) -> None:
@@ -108,7 +108,6 @@ def test_a_new_module_applies_to_a_listener_that_never_warms_again(
     if delivery == "local":
         assert code["code"]["local"]["filename"].startswith(str(tmp_path / "cache"))
     else:
-        # Envoy fetches remote code only while a listener warms, which a listener of its own never does again.
         assert "inline_bytes" in code["code"]["local"]
     assert "who-am-i" not in http_get(stack.port).headers
 

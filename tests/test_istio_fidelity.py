@@ -207,7 +207,6 @@ def test_an_egress_entry_becomes_a_client_listener_routing_to_service_entry_clus
     # other.example.com (namespace elsewhere) is named by no egress host, not even the catch-all ./*: no
     # cluster, as with Istio's Sidecar scoping.
     assert set(by_name) == {
-        "wasm-modules",
         "inbound|8080||",
         "outbound|9080||api.example.com",
         "outbound|9443||api.example.com",

@@ -145,7 +145,8 @@ def test_render_prints_the_resources_with_typed_configs_decoded(tmp_path: Path) 
     assert extension["name"] == "extensions.istio.io/wasmplugin/default.ratelimit"
     assert config["root_id"] == "ratelimit"
     assert config["configuration"]["value"] == '{"deny_status":429,"requests_per_second":2}'
-    assert config["vm_config"]["code"]["remote"]["sha256"] == MODULE_SHA256
+    assert config["vm_config"]["vm_id"] == MODULE_SHA256
+    assert config["vm_config"]["code"]["local"]["inline_bytes"] == f"<{len(MODULE)} bytes of Wasm>"
     [listener] = rendered["listeners"]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert [f["name"] for f in hcm["http_filters"]] == [extension["name"], "envoy.filters.http.router"]

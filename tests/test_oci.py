@@ -555,7 +555,9 @@ def test_render_pulls_private_modules_with_the_flags_and_secrets_of_serve(
     )
     assert result.returncode == 0, result.stderr
     [extension] = yaml.safe_load(result.stdout)["extension_configs"]
-    assert extension["typed_config"]["config"]["vm_config"]["code"]["remote"]["sha256"] == MODULE_SHA256
+    vm_config = extension["typed_config"]["config"]["vm_config"]
+    assert vm_config["vm_id"] == MODULE_SHA256
+    assert vm_config["code"]["local"]["inline_bytes"] == f"<{len(MODULE)} bytes of Wasm>"
     assert LOGIN[1] not in result.stdout + result.stderr
 
 

@@ -6,6 +6,7 @@ control plane with a warm cache and no registry."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -74,8 +75,10 @@ def test_a_plugin_pinned_by_manifest_digest_runs_and_envoy_checks_the_module_dig
     stack = make_stack("--insecure-registry", registry.host)
     stack.write("limit.yaml", limit_plugin(f"{registry.host}/envoy/limit:1.0", sha256=manifest_digest))
     assert_plugin_runs(stack)
-    remote = stack.envoy.extension_configs()[FILTER]["config"]["vm_config"]["code"]["remote"]
-    assert remote["sha256"] == MODULE_SHA256, "Envoy checks what it downloads: the module, not the manifest"
+    vm_config = stack.envoy.extension_configs()[FILTER]["config"]["vm_config"]
+    inline = base64.b64decode(vm_config["code"]["local"]["inline_bytes"])
+    assert hashlib.sha256(inline).hexdigest() == MODULE_SHA256, "Envoy gets the module, not the manifest"
+    assert vm_config["vm_id"] == MODULE_SHA256
 
 
 @pytest.mark.parametrize(("fail_strategy", "expected"), [("FAIL_CLOSE", 403), ("FAIL_OPEN", 200)])

@@ -118,7 +118,7 @@ def test_compose_mounts_exist_and_the_control_plane_serves_the_fixture_directory
         if Path(config_dir).is_relative_to(m.split(":")[1])
     )
     assert (REPO / host_path / "ratelimit.yaml").is_file()
-    assert args.host == "0.0.0.0" and args.advertise_address == "controlplane"
+    assert args.host == "0.0.0.0"
 
 
 def test_compose_builds_the_image_instead_of_installing_at_start() -> None:

@@ -1,8 +1,8 @@
 """Several replicas of the control plane, as a Kubernetes Deployment runs them: separate processes, each on
 its own loopback address (127.0.0.2, 127.0.0.3, ...) with the same ports, following the same directory
 (or each its own copy, as each pod's git-sync has). They share nothing; Envoy lists every replica in its
-xDS cluster and reaches the modules through one name (a Service), resolved by a DNS server on loopback
-(tests/dns.py) because cluster DNS cannot run here."""
+xDS cluster through one name (a headless Service's), resolved by a DNS server on loopback (tests/dns.py)
+because cluster DNS cannot run here."""
 
 from __future__ import annotations
 
@@ -20,12 +20,10 @@ import pytest
 
 from controlplane.bootstrap import envoy_bootstrap
 from controlplane.render import message_as_dict
-from controlplane.translate.resources import MODULE_CLUSTER
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER
 from tests.dns import DnsServer, dns_server
 from tests.support import (
     ORDER_MARKER_WASM,
-    RATELIMIT_WASM,
     ControlPlaneProcess,
     EnvoyProcess,
     Process,
@@ -45,7 +43,7 @@ from tests.test_ads_protocol import Client
 pytestmark = pytest.mark.integration
 
 SERVICE = "controlplane.test"
-"""The name every replica advertises for its modules, as a Deployment's replicas advertise their Service."""
+"""The name that resolves to every replica, as a headless Service's name does."""
 PLUGIN = "extensions.istio.io/wasmplugin/default.marker"
 RELOADS = f"extension_config_discovery.http_filter.{PLUGIN}.config_reload"
 MARKER_HEADER = "x-plugin-order"
@@ -76,8 +74,6 @@ def start_replicas(
                 processes,
                 config_dir,
                 tmp_path / host,
-                "--advertise-address",
-                f"{SERVICE}:{ports[1]}",
                 ports=ports,
                 host=host,
             )
@@ -133,12 +129,11 @@ def traffic(port: int) -> Iterator[Traffic]:
 def start_envoy_on(
     processes: list[Process], tmp_path: Path, replicas: list[ControlPlaneProcess], dns: DnsServer, delta: bool
 ) -> EnvoyProcess:
-    """Envoy with every replica as an endpoint of its xDS cluster, as the example bootstrap for a Service."""
-    xds = [(r.host, r.xds_port) for r in replicas]
-    (host, port), *others = xds
+    """Envoy with one xDS address, the Service name, resolved to every replica: the example bootstrap for
+    Kubernetes (envoy/bootstrap-kubernetes.yaml) with the DNS stand-in."""
     bootstrap = message_as_dict(
         envoy_bootstrap(
-            "httpbin-1", "default", {"app": "httpbin"}, host, port, free_port(), delta=delta, other_xds_addresses=others
+            "httpbin-1", "default", {"app": "httpbin"}, SERVICE, replicas[0].xds_port, free_port(), delta=delta
         )
     )
     bootstrap["typed_dns_resolver_config"] = dns.envoy_resolver()
@@ -222,8 +217,7 @@ def test_replicas_on_one_directory_send_byte_identical_resources_and_versions(
     async def script() -> None:
         first, *others = [await sotw(r) for r in replicas]
         assert all(answer == first for answer in others)
-        assert [len(resources) for _, _, resources in first] == [2, 1, 1]  # module and upstream clusters
-        assert SERVICE.encode() in first[0][2][0] + first[0][2][1]
+        assert all(resources for _, _, resources in first)
         first_delta, *others_delta = [await delta(r) for r in replicas]
         assert all(answer == first_delta for answer in others_delta)
         assert all(version for _, resources in first_delta for _, version, _ in resources)
@@ -337,44 +331,3 @@ def test_sigterm_drains_a_replica_its_proxies_move_to_the_others_with_no_failed_
     assert exit_code == 0
     assert unchanged_by_a_move(envoy) == before
     assert sent.failures() == []
-
-
-def test_a_new_module_missing_on_a_lagging_replica_is_fetched_from_one_that_has_it(
-    tmp_path: Path, httpbin_port: int, processes: list[Process], dns: DnsServer
-) -> None:
-    """The module Service may send Envoy's fetch of a new module to a replica whose git-sync has not pulled
-    the commit yet: it answers 404, and Envoy's retry reaches a replica that has the module."""
-    listen_port = free_port()
-    dirs = [tmp_path / "config-a", tmp_path / "config-b"]
-    for config_dir in dirs:
-        write_config(config_dir, listen_port, httpbin_port, "steady")
-    replicas = start_replicas(processes, tmp_path, dirs, dns)
-    envoy = start_envoy_on(processes, tmp_path, replicas, dns, delta=False)
-    wait_for(lambda: http_get(listen_port).headers.get(MARKER_HEADER) == "steady", what="the plugin to run")
-    ahead = connected(replicas)
-    [behind] = [r for r in replicas if r is not ahead]
-    members = f"cluster.{MODULE_CLUSTER}.membership_total"
-
-    dns.records[SERVICE] = [behind.host]  # for now the Service sends module fetches to the replica behind
-    wait_for(lambda: envoy.stats()[members] == 1, what="Envoy to resolve the module Service again")
-    start = envoy.stats()
-    with traffic(listen_port) as sent:
-        sent.more()
-        write_atomically(
-            dirs[replicas.index(ahead)] / "ratelimit.yaml",
-            wasm_plugin_yaml(
-                "ratelimit",
-                f"file://{RATELIMIT_WASM}",
-                selector={"app": "httpbin"},
-                plugin_name="ratelimit",
-                config={"requests_per_second": 1000},
-            ),
-        )
-        not_found = f"cluster.{MODULE_CLUSTER}.internal.upstream_rq_404"
-        wait_for(lambda: envoy.stats().get(not_found, 0) > start.get(not_found, 0), what="a fetch from the one behind")
-        dns.records[SERVICE] = [ahead.host]
-        wait_for(lambda: "who-am-i" in http_get(listen_port).headers, FAILOVER_SECONDS, what="the new module")
-        sent.more()
-
-    assert sent.failures() == []
-    assert envoy.stats()["wasm.remote_load_fetch_successes"] > start["wasm.remote_load_fetch_successes"]

@@ -1,6 +1,6 @@
 """What snapshot building remembers between builds: the plugins each ECDS-only class was sent (a deleted
-one gets a pass-through config until the class's last stream goes) and the inline module bytes (read once,
-dropped once no module with them is ready). In-process: model values in, snapshots out."""
+one gets a pass-through config until the class's last stream goes) and each plugin's config with its module
+inside (made once for every class, forgotten once its module state is gone). In-process: model values in, snapshots out."""
 
 from __future__ import annotations
 
@@ -59,10 +59,10 @@ def test_an_ads_class_gets_clusters_listeners_and_configs_and_nothing_is_remembe
     builder = SnapshotBuilder(TranslateSettings(), modules)
     config = Config(plugins=(plugin("a"),), sidecars=(sidecar("web"),))
     snapshot = builder.build(config, statuses(a=ModuleReady(SHA_A, 8)), ADS)
-    assert set(snapshot.resources(CLUSTER).items) == {"wasm-modules", "inbound|8080||"}
+    assert set(snapshot.resources(CLUSTER).items) == {"inbound|8080||"}
     assert set(snapshot.resources(LISTENER).items) == {"inbound|8080"}
     assert set(configs(snapshot)) == {PREFIX + "a"}
-    assert modules.reads == [], "ADS proxies fetch remote code while their listeners warm"
+    assert inline_code(configs(snapshot)[PREFIX + "a"]) == modules(SHA_A), "the module inside the config"
     gone = builder.build(Config(sidecars=(sidecar("web"),)), {}, ADS)
     assert configs(gone) == {}, "its listener drops the filter, so the config goes"
 
@@ -82,22 +82,28 @@ def test_a_plugin_deleted_from_the_directory_stays_a_pass_through_until_the_clas
     assert configs(builder.build(Config(), {}, ECDS_ONLY)) == {}, "a new stream of the class starts afresh"
 
 
-def test_ecds_only_classes_get_their_modules_inline_read_once_and_dropped_when_no_longer_ready() -> None:
+def test_each_plugin_config_is_made_once_for_every_class_and_remade_once_its_module_state_went_away() -> None:
     modules = Modules()
     builder = SnapshotBuilder(TranslateSettings(), modules)
-    config = Config(plugins=(plugin("a"), plugin("b")))
+    config = Config(plugins=(plugin("a"), plugin("b")), sidecars=(sidecar("web"),))
     both_ready = statuses(a=ModuleReady(SHA_A, 8), b=ModuleReady(SHA_B, 8))
-    first = configs(builder.build(config, both_ready, ECDS_ONLY))
-    assert inline_code(first[PREFIX + "a"]) == modules(SHA_A) and inline_code(first[PREFIX + "b"]) == modules(SHA_B)
+    first = builder.build(config, both_ready, ECDS_ONLY)
+    assert inline_code(configs(first)[PREFIX + "a"]) == modules(SHA_A)
+    assert inline_code(configs(first)[PREFIX + "b"]) == modules(SHA_B)
     modules.reads.clear()
     other = ProxyClass("default", labels_from({"app": "other"}), standalone_ecds=True)
-    builder.build(config, both_ready, ECDS_ONLY)
-    builder.build(config, both_ready, other)
-    assert modules.reads == [], "kept while ready, and shared between classes"
-    builder.build(config, statuses(a=ModuleReady(SHA_A, 8), b=ModuleFailed("gone")), ECDS_ONLY)
+    again, elsewhere = builder.build(config, both_ready, ADS), builder.build(config, both_ready, other)
+    assert modules.reads == [], "made once, shared between classes"
+    for snapshot in (again, elsewhere):
+        shared = snapshot.resources(EXTENSION_CONFIG).items[PREFIX + "a"].body
+        assert shared is first.resources(EXTENSION_CONFIG).items[PREFIX + "a"].body, "one copy of the module"
+    b_failed = statuses(a=ModuleReady(SHA_A, 8), b=ModuleFailed("gone"))
+    builder.retain(config, b_failed)
+    builder.build(config, b_failed, ECDS_ONLY)
     assert modules.reads == []
+    builder.retain(config, both_ready)
     builder.build(config, both_ready, ECDS_ONLY)
-    assert modules.reads == [SHA_B], "dropped while no module had it, so read again"
+    assert modules.reads == [SHA_B], "forgotten while its module was not ready, so made again"
 
 
 def test_with_local_delivery_ecds_only_classes_get_a_file_name_and_nothing_is_read() -> None:

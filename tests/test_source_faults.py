@@ -28,6 +28,7 @@ from controlplane.source.status import file_status
 from tests.support import (
     ORDER_MARKER_WASM,
     REPO,
+    UNPRIVILEGED,
     ControlPlaneProcess,
     Process,
     start_control_plane,
@@ -36,8 +37,6 @@ from tests.support import (
 )
 
 T = TypeVar("T")
-UNPRIVILEGED = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--") if os.geteuid() == 0 else ()
-"""Runs a command without the capabilities that let root read what file permissions forbid."""
 
 
 def plugin(name: str, priority: int = 1) -> str:

@@ -52,6 +52,7 @@ from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snaps
 
 ROOT = "istio-system"
 SHA = "ab" * 32
+MODULE_BYTES = b"\0asm a verified module"
 SETTINGS = TranslateSettings()
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 HTTP_RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -120,7 +121,8 @@ def render(
     on: ProxyClass | None = None,
 ) -> ProxyResources:
     config = Config(plugins=tuple(plugins), sidecars=tuple(sidecars if sidecars is not None else [sidecar("web")]))
-    return translate(config, on or proxy(), ready(*plugins) if modules is None else modules, settings)
+    modules = ready(*plugins) if modules is None else modules
+    return translate(config, on or proxy(), modules, settings, code=lambda sha256: MODULE_BYTES)
 
 
 def unpack(any_message, message_type: type[Message]) -> Message:  # type: ignore[no-untyped-def]
@@ -341,7 +343,6 @@ def test_one_listener_and_cluster_per_ingress_port() -> None:
     assert [listener.name for listener in resources.listeners] == ["inbound|8080", "inbound|9090", "inbound|5432"]
     assert [listener.address.socket_address.port_value for listener in resources.listeners] == [8080, 9090, 5432]
     assert [c.name for c in resources.clusters] == [
-        "wasm-modules",
         "inbound|8080||",
         "inbound|9090||",
         "inbound|5432||",
@@ -350,7 +351,6 @@ def test_one_listener_and_cluster_per_ingress_port() -> None:
         c.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address for c in resources.clusters
     ]
     assert [(e.address, e.port_value) for e in endpoints] == [
-        ("127.0.0.1", 18001),
         ("127.0.0.1", 9000),
         ("app.local", 7000),
         ("127.0.0.1", 15432),
@@ -382,7 +382,7 @@ def test_no_sidecar_means_no_listener_but_the_plugin_config_for_own_listeners() 
     resources = render([plugin("p")], sidecars=[])
     assert resources.listeners == ()
     assert [c.name for c in resources.extension_configs] == ecds("default.p")
-    assert [c.name for c in resources.clusters] == ["wasm-modules"]
+    assert resources.clusters == ()
 
 
 def test_the_extension_config_carries_the_wasm_filter() -> None:
@@ -402,22 +402,18 @@ def test_the_extension_config_carries_the_wasm_filter() -> None:
     assert json.loads(configuration.value) == {"deny_status": 429, "requests_per_second": 2}
     assert configuration.value == '{"deny_status":429,"requests_per_second":2}'
     assert config.vm_config.runtime == "envoy.wasm.runtime.v8"
-    remote = config.vm_config.code.remote
-    assert remote.sha256 == SHA
-    assert remote.http_uri.uri == f"http://127.0.0.1:18001/modules/{SHA}.wasm"
-    assert remote.http_uri.cluster == "wasm-modules"
-    assert remote.retry_policy.num_retries.value > 0
+    # The module inside the config: Envoy builds the new filter before it replaces the old one.
+    assert config.vm_config.code.local.inline_bytes == MODULE_BYTES
+    assert config.vm_config.vm_id == SHA
     assert not config.fail_open
 
 
-def test_the_module_server_address_follows_the_settings() -> None:
-    settings = TranslateSettings(module_host="::1", module_port=9999)
-    resources = render([plugin("p")], settings=settings)
-    assert wasm_plugin_config(resources).vm_config.code.remote.http_uri.uri == f"http://[::1]:9999/modules/{SHA}.wasm"
-    assert (
-        resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address
-        == "::1"
-    )
+def test_a_ready_module_whose_bytes_are_not_at_hand_gets_the_stand_in() -> None:
+    p = plugin("p")
+    config = Config(plugins=(p,), sidecars=(sidecar("web"),))
+    resources = translate(config, proxy(), ready(p), SETTINGS, code=lambda sha256: None)
+    rbac = unpack(only_extension_config(resources).typed_config, http_rbac_pb2.RBAC)
+    assert rbac.rules_stat_prefix == "wasm-default-deny"  # type: ignore[attr-defined]
 
 
 def test_no_plugin_config_sends_no_configuration() -> None:
@@ -577,9 +573,7 @@ def test_a_module_becoming_ready_changes_the_snapshot_version() -> None:
 def test_inline_modules_are_sent_inside_the_config() -> None:
     p = plugin("inline")
     config = Config(plugins=(p,), sidecars=(sidecar("web"),))
-    modules = ready(p)
-    sha256 = next(iter(modules.values())).sha256  # type: ignore[union-attr]
-    resources = translate(config, proxy(), modules, SETTINGS, inline_modules={sha256: b"\0asm module"})
+    resources = translate(config, proxy(), ready(p), SETTINGS, code={SHA: b"\0asm module"}.get)
     [extension] = resources.extension_configs
     code = unpack(extension.typed_config, http_wasm_pb2.Wasm).config.vm_config.code  # type: ignore[attr-defined]
     assert code.WhichOneof("specifier") == "local"

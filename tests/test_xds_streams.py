@@ -151,7 +151,7 @@ def test_sotw_what_a_listener_uses_goes_out_before_it() -> None:
     subscribe_all(stream, ["a", "b"])
     pushed = stream.change(snapshot(("wasm-modules", "inbound|80||"), {"a": "v1", "b": "v1"}))
     assert kinds(pushed) == ["Cluster", "TypedExtensionConfig", "Listener"]
-    assert names(pushed[1]) == [PLUGIN + "a", PLUGIN + "b"]
+    assert names(pushed[1]) == [PLUGIN + "b"], "ECDS responses carry what changed: the new config"
 
 
 def test_sotw_clusters_stay_while_a_listener_that_drops_them_is_rejected() -> None:

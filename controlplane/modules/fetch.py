@@ -4,12 +4,15 @@ for urls without a scheme, as in Istio). Verification and caching live elsewhere
 from __future__ import annotations
 
 import asyncio
+import os
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import replace
 
-from controlplane.model import RegistryCredential
+from controlplane.errors import ConfigError
+from controlplane.model import RegistryCredential, WasmPlugin
 from controlplane.modules import oci
 from controlplane.modules.archive import unpack
 from controlplane.modules.download import (
@@ -53,6 +56,24 @@ async def fetch_module(
         # Unpacking up to --max-module-size is work for a thread too, not for the loop.
         return await loop.run_in_executor(downloads, _download_module, url, settings)
     return await loop.run_in_executor(downloads, oci.pull, url, settings, credentials, known_manifest)
+
+
+def oversized_local_modules(plugins: Iterable[WasmPlugin], max_bytes: int) -> list[ConfigError]:
+    """The `file://` modules over the size limit, as `validate` shows them without any network: such a
+    module would only ever run as its failStrategy stand-in."""
+    errors = []
+    for plugin in plugins:
+        if not is_local(plugin.url):
+            continue
+        path = plugin.url[len("file://") :]
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            continue  # reported when it is fetched, with the reason
+        if size > max_bytes:
+            reason = f"module {path} is {size} bytes, over the limit of {max_bytes} (--max-module-size)"
+            errors.append(ConfigError(plugin.source.path, plugin.source.line, "spec.url", reason))
+    return errors
 
 
 def fetch_small(url: str, settings: FetchSettings, max_bytes: int) -> bytes:

@@ -53,6 +53,8 @@ class ModuleIndex:
     def __init__(self, root: str | Path) -> None:
         self.path = Path(root) / INDEX_FILE
         self._lock = threading.Lock()
+        self._unsaved = False
+        """The last save failed (and was warned about)."""
         self._entries = self._load()
 
     @property
@@ -102,5 +104,19 @@ class ModuleIndex:
         text = json.dumps(
             {"format": _FORMAT, "modules": {n: asdict(e) for n, e in sorted(self._entries.items())}}, indent=1
         )
-        # Owner only: the urls it names may carry credentials.
-        write_atomically(self.path, text.encode(), 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # the cache dir may have been deleted
+            # Owner only: the urls it names may carry credentials.
+            write_atomically(self.path, text.encode(), 0o600)
+        except OSError as exc:
+            # The index in memory still serves; a cache dir that cannot be written costs pulls after a
+            # restart, never a running plugin.
+            if not self._unsaved:
+                log.warning(
+                    "cannot write the module index %s (%s); modules are pulled again after a restart",
+                    self.path,
+                    exc.strerror or exc,
+                )
+            self._unsaved = True
+        else:
+            self._unsaved = False

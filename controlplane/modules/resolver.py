@@ -23,7 +23,7 @@ from controlplane.modules.fetch import fetch_module, is_local
 from controlplane.modules.index import IndexEntry, ModuleIndex, entry_name, expired
 from controlplane.modules.policy import ModuleRequest
 from controlplane.modules.signatures import check_signatures
-from controlplane.modules.store import ModuleStore
+from controlplane.modules.store import ModuleStore, StoreFailed
 from controlplane.modules.verify import ModuleRejected, verify_module
 from controlplane.redaction import redact
 
@@ -330,7 +330,10 @@ async def pull_module(
         )
     except (FetchFailed, ModuleRejected) as exc:
         return Resolved(ModuleFailed(str(exc)))
-    await asyncio.to_thread(store.put, fetched.content)
+    try:
+        await asyncio.to_thread(store.put, fetched.content)
+    except StoreFailed as exc:
+        return Resolved(ModuleFailed(str(exc)))
     return Resolved(ModuleReady(sha256, len(fetched.content)), fetched.manifest)
 
 

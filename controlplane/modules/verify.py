@@ -1,5 +1,5 @@
-"""Checks that a module is one Envoy can run, before any proxy is told to load it: Envoy ACKs a config
-with remote code and only then fails to load a broken module, answering 503 to every request."""
+"""Checks that a module is one Envoy can run, before any proxy is told to load it: a module Envoy cannot
+load is a NACK, and a plugin that never ran anywhere would only ever be its stand-in."""
 
 from __future__ import annotations
 

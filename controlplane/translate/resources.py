@@ -4,18 +4,16 @@ Pure: no I/O, no clock; equal inputs give equal messages."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
     address_pb2,
-    backoff_pb2,
     base_pb2,
     config_source_pb2,
     extension_pb2,
-    http_uri_pb2,
     protocol_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -34,7 +32,7 @@ from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from controlplane.addresses import host_for_url, is_ip, parse_host_port
+from controlplane.addresses import is_ip, parse_host_port
 from controlplane.model import (
     Config,
     EgressPort,
@@ -63,7 +61,6 @@ from controlplane.translate.selection import (
 )
 
 ECDS_NAME_PREFIX = "extensions.istio.io/wasmplugin/"
-MODULE_CLUSTER = "wasm-modules"
 V8_RUNTIME = "envoy.wasm.runtime.v8"
 HTTP_PROTOCOLS = frozenset({"", "HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 HTTP2_PROTOCOLS = frozenset({"HTTP2", "GRPC", "GRPC-WEB"})
@@ -78,15 +75,21 @@ HTTP_FILTER_TYPES = (type_url(http_wasm_pb2.Wasm), type_url(http_rbac_pb2.RBAC))
 NETWORK_FILTER_TYPES = (type_url(network_wasm_pb2.Wasm), type_url(network_rbac_pb2.RBAC))
 
 
+ModuleDelivery = Literal["inline", "local"]
+
+
 @dataclass(frozen=True)
 class TranslateSettings:
     root_namespace: str = "istio-system"
-    module_host: str = "127.0.0.1"
-    """Where proxies reach the module server."""
-    module_port: int = 18001
-    module_delivery: Literal["remote", "local"] = "remote"
+    module_delivery: ModuleDelivery = "inline"
+    """inline: each module travels inside its plugin's ECDS config; local: as a file name the proxies read
+    from `local_module_dir`."""
     local_module_dir: str = ""
     """With local delivery: the folder where the proxies see the module cache."""
+
+
+ModuleCode = Callable[[str], "bytes | None"]
+"""A verified module's bytes by its sha256; None when they are not at hand."""
 
 
 @dataclass(frozen=True)
@@ -100,42 +103,31 @@ def ecds_name(plugin: WasmPlugin) -> str:
     return ECDS_NAME_PREFIX + plugin.qualified_name
 
 
-def module_path(sha256: str) -> str:
-    """Where the module server serves a module: content-addressed, so caches can never serve a stale one."""
-    return f"/modules/{sha256}.wasm"
-
-
 def translate(
     config: Config,
     proxy: ProxyClass,
     modules: Mapping[ModuleKey, ModuleStatus],
     settings: TranslateSettings,
-    inline_modules: Mapping[str, bytes] | None = None,
+    code: ModuleCode = lambda sha256: None,
     retired: Mapping[str, PluginType] | None = None,
+    extension_config: PluginTranslation | None = None,
 ) -> ProxyResources:
-    """`inline_modules` (module bytes by sha256) are sent inside the configs instead of fetched by Envoy;
-    `retired` names plugins this proxy was sent and that are gone, which then let every request through."""
+    """`code` gives the verified modules' bytes for inline delivery; `retired` names plugins this proxy was
+    sent and that are gone, which then let every request through. `extension_config` makes each plugin's
+    ECDS config (default: `extension_config_for` with these settings and code), so that a caller can share
+    one config between the proxy classes that get the same plugin."""
     sidecar = select_sidecar(config, proxy, settings.root_namespace)
     # Every selected plugin gets its config, used by a listener here or not: a proxy with listeners of
     # its own names the plugins it wants, and a proxy only subscribes to the names it uses.
     plugins = select_plugins(config, proxy, settings.root_namespace)
     services = visible_services(config, proxy, sidecar)
-    clusters = [_module_cluster(settings.module_host, settings.module_port)]
-    clusters += [_upstream_cluster(port) for port in (sidecar.ingress if sidecar else ())]
+    clusters = [_upstream_cluster(port) for port in (sidecar.ingress if sidecar else ())]
     clusters += [c for service, host in services for c in _service_clusters(service, host)]
     plans = listener_plans(sidecar, proxy, services)
     per_listener = [[p for p in plugins if not why_not_on_listener(p, plan.info)] for plan in plans]
     listeners = [_listener(plan, used) for plan, used in zip(plans, per_listener, strict=True)]
-    if settings.module_delivery == "remote":
-        for listener, used in zip(listeners, per_listener, strict=True):
-            _mark_modules(listener, [modules.get(p.module) for p in used])
-    inline = inline_modules or {}
-    extension_configs = [
-        config_
-        for p in plugins
-        for status in [modules.get(p.module)]
-        if (config_ := _extension_config(p, status, settings, _inline_for(status, inline))) is not None
-    ]
+    make = extension_config or (lambda plugin, status: extension_config_for(plugin, status, settings, code))
+    extension_configs = [c for c in (make(p, modules.get(p.module)) for p in plugins) if c is not None]
     extension_configs += [pass_through(name, plugin_type) for name, plugin_type in sorted((retired or {}).items())]
     return ProxyResources(tuple(clusters), tuple(listeners), tuple(extension_configs))
 
@@ -240,19 +232,6 @@ def _listener(plan: ListenerPlan, plugins: list[WasmPlugin]) -> listener_pb2.Lis
 BLACK_HOLE_CLUSTER = "BlackHoleCluster"
 
 
-MODULES_METADATA = "wasm-controlplane"
-
-
-def _mark_modules(listener: listener_pb2.Listener, statuses: list[ModuleStatus | None]) -> None:
-    """Puts the sha256s of the modules a listener's plugins run into its metadata, so that a module new to
-    Envoy comes with a listener update. Envoy fetches remote code only while a listener warms: an ECDS
-    update to a warm listener registers its fetch with an init manager that has already finished, and the
-    fetch never starts (a stand-in replaced by the real plugin, a plugin moved to a new module)."""
-    shas = sorted({s.sha256 for s in statuses if isinstance(s, ModuleReady)})
-    if shas:
-        listener.metadata.filter_metadata[MODULES_METADATA].update({"modules": shas})
-
-
 def _http_connection_manager(plan: ListenerPlan, plugins: list[WasmPlugin]) -> hcm_pb2.HttpConnectionManager:
     virtual_hosts = [
         route_components_pb2.VirtualHost(
@@ -294,53 +273,47 @@ def _discovery(type_urls: tuple[str, ...]) -> config_source_pb2.ExtensionConfigS
     )
 
 
-def _inline_for(status: ModuleStatus | None, inline_modules: Mapping[str, bytes]) -> bytes | None:
-    return inline_modules.get(status.sha256) if isinstance(status, ModuleReady) else None
+PluginTranslation = Callable[[WasmPlugin, "ModuleStatus | None"], "extension_pb2.TypedExtensionConfig | None"]
 
 
-_MADE: dict[
-    int,
-    tuple[WasmPlugin, ModuleStatus | None, TranslateSettings, bytes | None, extension_pb2.TypedExtensionConfig | None],
-] = {}
-"""Plugin configs made, by the identity of their plugin: a plugin's config is the same for every proxy
-class it selects, so it is made once for all of them (and the message never changed after). Identity, as
-hashing a plugin costs more than comparing the rest."""
-
-
-def _extension_config(
-    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, inline: bytes | None
+def extension_config_for(
+    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, code: ModuleCode
 ) -> extension_pb2.TypedExtensionConfig | None:
-    """None while the module is still being fetched, so that the listener waits for this config; except for
-    a FAIL_OPEN plugin, which lets requests through meanwhile (its stand-in) rather than hold the listener."""
-    made = _MADE.get(id(plugin))
-    if made is not None and made[0] is plugin and made[1:4] == (status, settings, inline):
-        return made[4]
-    if len(_MADE) >= 4096:
-        _MADE.clear()
-    config = _make_extension_config(plugin, status, settings, inline)
-    _MADE[id(plugin)] = (plugin, status, settings, inline, config)
-    return config
-
-
-def _make_extension_config(
-    plugin: WasmPlugin, status: ModuleStatus | None, settings: TranslateSettings, inline: bytes | None
-) -> extension_pb2.TypedExtensionConfig | None:
+    """A plugin's ECDS config. None while the module is still being fetched, so that the listener waits for
+    this config; except for a FAIL_OPEN plugin, which lets requests through meanwhile (its stand-in) rather
+    than hold the listener. The module goes inside the config (or, with local delivery, its file name), so
+    Envoy builds the new filter before it replaces the old one: no request ever meets a filter without code,
+    and a module Envoy cannot load is a NACK that keeps the old filter. A module whose bytes are not at hand
+    gets the stand-in, never a config without code."""
     if status is None:
         if plugin.fail_strategy != FailStrategy.FAIL_OPEN:
             return None
         status = ModuleFailed("still being fetched")
     config = extension_pb2.TypedExtensionConfig(name=ecds_name(plugin))
+    filter_config: Message
     if isinstance(status, ModuleReady):
-        plugin_config = _plugin_config(plugin, status, settings, inline)
-        filter_config: Message = (
-            http_wasm_pb2.Wasm(config=plugin_config)
-            if plugin.type == PluginType.HTTP
-            else network_wasm_pb2.Wasm(config=plugin_config)
-        )
+        wasm = http_wasm_pb2.Wasm() if plugin.type == PluginType.HTTP else network_wasm_pb2.Wasm()
+        # Filled in place: a module of many megabytes is copied into the message once.
+        if _set_code(wasm.config.vm_config.code, status.sha256, settings, code):
+            _fill_plugin_config(wasm.config, plugin, status)
+            filter_config = wasm
+        else:
+            filter_config = stand_in_filter(plugin, ModuleFailed(f"module {status.sha256} is no longer at hand"))
     else:
         filter_config = stand_in_filter(plugin, status)
     config.typed_config.Pack(filter_config, deterministic=True)
     return config
+
+
+def _set_code(target: base_pb2.AsyncDataSource, sha256: str, settings: TranslateSettings, code: ModuleCode) -> bool:
+    if settings.module_delivery == "local":
+        target.local.filename = f"{settings.local_module_dir.rstrip('/')}/{sha256}.wasm"
+        return True
+    content = code(sha256)
+    if content is None:
+        return False
+    target.local.inline_bytes = content
+    return True
 
 
 def stand_in_filter(plugin: WasmPlugin, status: ModuleFailed) -> Message:
@@ -374,51 +347,22 @@ _FAILURE_POLICIES = {
 }
 
 
-def _plugin_config(
-    plugin: WasmPlugin, module: ModuleReady, settings: TranslateSettings, inline: bytes | None
-) -> wasm_pb2.PluginConfig:
-    if inline is not None:
-        code = base_pb2.AsyncDataSource(local=base_pb2.DataSource(inline_bytes=inline))
-    elif settings.module_delivery == "local":
-        code = base_pb2.AsyncDataSource(
-            local=base_pb2.DataSource(filename=f"{settings.local_module_dir.rstrip('/')}/{module.sha256}.wasm")
-        )
-    else:
-        code = base_pb2.AsyncDataSource(
-            remote=base_pb2.RemoteDataSource(
-                http_uri=http_uri_pb2.HttpUri(
-                    uri=f"http://{host_for_url(settings.module_host)}:{settings.module_port}{module_path(module.sha256)}",
-                    cluster=MODULE_CLUSTER,
-                    timeout=duration_pb2.Duration(seconds=30),
-                ),
-                sha256=module.sha256,
-                # Envoy fetches remote code once per config; retrying covers a module server restarting.
-                retry_policy=base_pb2.RetryPolicy(
-                    num_retries=wrappers_pb2.UInt32Value(value=10),
-                    retry_back_off=backoff_pb2.BackoffStrategy(
-                        base_interval=duration_pb2.Duration(nanos=500_000_000),
-                        max_interval=duration_pb2.Duration(seconds=5),
-                    ),
-                ),
-            )
-        )
-    # One VM per module: with remote code and one shared (empty) vm_id, Envoy 1.40 can run a plugin with
-    # another plugin's module on the same listener. Plugins of one module still share their VM.
-    vm_config = wasm_pb2.VmConfig(vm_id=module.sha256, runtime=V8_RUNTIME, code=code)
+def _fill_plugin_config(config: wasm_pb2.PluginConfig, plugin: WasmPlugin, module: ModuleReady) -> None:
+    config.name = plugin.qualified_name
+    config.root_id = plugin.plugin_name
+    config.failure_policy = _FAILURE_POLICIES[plugin.fail_strategy]
+    vm_config = config.vm_config
+    # One VM per module: with one shared (empty) vm_id, Envoy 1.40 can run a plugin with another plugin's
+    # module on the same listener. Plugins of one module still share their VM.
+    vm_config.vm_id = module.sha256
+    vm_config.runtime = V8_RUNTIME
     if plugin.env:
         vm_config.environment_variables.host_env_keys.extend(e.name for e in plugin.env if e.from_host)
         for env in plugin.env:
             if not env.from_host:
                 vm_config.environment_variables.key_values[env.name] = env.value
-    config = wasm_pb2.PluginConfig(
-        name=plugin.qualified_name,
-        root_id=plugin.plugin_name,
-        vm_config=vm_config,
-        failure_policy=_FAILURE_POLICIES[plugin.fail_strategy],
-    )
     if plugin.plugin_config:
         config.configuration.Pack(wrappers_pb2.StringValue(value=plugin.plugin_config))
-    return config
 
 
 def _typed_filter(name: str, message: Message) -> listener_components_pb2.Filter:
@@ -447,11 +391,6 @@ def _make_upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
         # The connection manager takes h2 from clients; a gRPC backend must be spoken to in h2 too.
         speak_http2(cluster)
     return cluster
-
-
-@functools.lru_cache(maxsize=16)
-def _module_cluster(host: str, port: int) -> cluster_pb2.Cluster:
-    return endpoint_cluster(MODULE_CLUSTER, host, port)
 
 
 def speak_http2(cluster: cluster_pb2.Cluster, keepalive: protocol_pb2.KeepaliveSettings | None = None) -> None:

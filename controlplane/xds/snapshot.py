@@ -67,13 +67,19 @@ def make_resource(message: Message) -> Resource:
     packed = _PACKED.get(id(message))
     if packed is not None and packed[0] is message:
         return packed[1]
-    body = any_pb2.Any()
-    body.Pack(message, deterministic=True)
-    resource = Resource(message.name, _digest([body.value]), body)
+    resource = pack(message)
     if len(_PACKED) >= 4096:
         _PACKED.clear()
     _PACKED[id(message)] = (message, resource)
     return resource
+
+
+def pack(message: Message) -> Resource:
+    """As `make_resource`, remembered by nobody: for a caller that keeps its resources itself and lets go of
+    them (a config with a module of megabytes inside must not outlive its use in a memo)."""
+    body = any_pb2.Any()
+    body.Pack(message, deterministic=True)
+    return Resource(message.name, _digest([body.value]), body)
 
 
 @dataclass(frozen=True)
@@ -107,12 +113,13 @@ class Resources:
 
         return self._memoized(("difference", before.version), compare)
 
-    def sotw_body(self, type_url: str) -> bytes:
-        """A state-of-the-world response carrying these resources, without its nonce."""
+    def sotw_body(self, type_url: str, version: str = "") -> bytes:
+        """A state-of-the-world response carrying these resources, without its nonce; `version`: that of
+        the whole set these are part of (default: this set's)."""
         return self._memoized(
-            ("sotw", type_url),
+            ("sotw", type_url, version),
             lambda: discovery_pb2.DiscoveryResponse(
-                version_info=self.version, resources=[r.body for r in self.items.values()], type_url=type_url
+                version_info=version or self.version, resources=[r.body for r in self.items.values()], type_url=type_url
             ).SerializeToString(),
         )
 
@@ -146,8 +153,11 @@ class Snapshot:
     by_type: Mapping[str, Resources]
 
     @staticmethod
-    def of(messages_by_type: Mapping[str, Iterable[Message]]) -> Snapshot:
-        return Snapshot({t: Resources.of(make_resource(m) for m in ms) for t, ms in messages_by_type.items()})
+    def of(
+        messages_by_type: Mapping[str, Iterable[Message]], make: Callable[[Message], Resource] = make_resource
+    ) -> Snapshot:
+        """`make` may return a resource made before for the same message, so that snapshots share it."""
+        return Snapshot({t: Resources.of(make(m) for m in ms) for t, ms in messages_by_type.items()})
 
     def resources(self, type_url: str) -> Resources:
         return self.by_type.get(type_url, EMPTY)

@@ -78,7 +78,10 @@ class SotwProtocol(StreamState[K]):
                 resources = Resources.of([*resources.items.values(), *removed_clusters])
             previous = self._sent.get(type_url)
             if previous is None or previous.version != resources.version:
-                responses += self._send(state, type_url, resources)
+                # Only Listener and Cluster responses must hold the whole state of the world; the others
+                # may carry what changed, which for ECDS with modules inside is most of the bytes.
+                partial = previous if type_url not in WILDCARD_TYPES else None
+                responses += self._send(state, type_url, resources, since=partial)
         if removed_clusters:
             listener_sent = [r for r in responses if r.type_url == LISTENER]
             if listener_sent:
@@ -98,11 +101,20 @@ class SotwProtocol(StreamState[K]):
         state = self._connection.types[CLUSTER]
         return self._send(state, CLUSTER, state.subscribed(snapshot.resources(CLUSTER)))
 
-    def _send(self, state: TypeState, type_url: str, resources: Resources) -> list[Response]:
+    def _send(
+        self, state: TypeState, type_url: str, resources: Resources, since: Resources | None = None
+    ) -> list[Response]:
+        """`since`: what the proxy was sent before; only the resources that differ from it are sent."""
         if not state.wildcard and not resources.items:
             # Envoy takes an empty answer to a named subscription as a config with no resource and rejects
             # it; a name that does not exist yet is answered when it appears.
             return []
         self._sent[type_url] = resources
-        body = resources.sotw_body(type_url)
-        return [self._response(state, type_url, resources.version, resources.names, body)]
+        carried = resources
+        if since is not None:
+            changed, _ = resources.difference_from(since)
+            if not changed:
+                return []  # only names the proxy no longer asks for went away
+            carried = resources.subset(frozenset(changed))
+        body = carried.sotw_body(type_url, resources.version)
+        return [self._response(state, type_url, resources.version, carried.names, body)]
