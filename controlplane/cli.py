@@ -165,7 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument(
         "--gateway", action="store_true", help="a gateway: the node id is given Istio's router~ prefix"
     )
-    bootstrap_cmd.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port, help="HOST:PORT")
+    bootstrap_cmd.add_argument(
+        "--xds-address",
+        action="append",
+        type=_host_port,
+        help="HOST:PORT of the control plane (default: 127.0.0.1:18000); repeat it for several replicas",
+    )
     bootstrap_cmd.add_argument("--admin-port", type=int, default=9901)
     bootstrap_cmd.add_argument("--delta", action="store_true", help="incremental xDS instead of state of the world")
     bootstrap_cmd.add_argument("--tls-ca", help="PEM CA the control plane's certificate is checked against (TLS)")
@@ -480,7 +485,7 @@ async def _resolve_modules(
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    host, port = args.xds_address
+    (host, port), *others = args.xds_address or [("127.0.0.1", 18000)]
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_cert and not args.tls_ca):
         print("controlplane: --tls-cert and --tls-key go together, and need --tls-ca", file=sys.stderr)
         return 2
@@ -489,7 +494,15 @@ def _bootstrap(args: argparse.Namespace) -> int:
         ROUTER_PREFIX + args.node_id if args.gateway and not args.node_id.startswith(ROUTER_PREFIX) else args.node_id
     )
     bootstrap = envoy_bootstrap(
-        node_id, args.namespace, args.labels, host, port, args.admin_port, delta=args.delta, tls=tls
+        node_id,
+        args.namespace,
+        args.labels,
+        host,
+        port,
+        args.admin_port,
+        delta=args.delta,
+        tls=tls,
+        other_xds_addresses=others,
     )
     print(to_yaml(message_as_dict(bootstrap)), end="")
     return 0

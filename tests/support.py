@@ -3,6 +3,7 @@ loopback, and the small HTTP helpers the tests use to observe them."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import http.client
@@ -28,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane import files
 from controlplane.bootstrap import EnvoyTls, envoy_bootstrap
+from controlplane.cli import _parser as controlplane_parser
 from controlplane.processes import Process, controlplane_command
 from controlplane.render import message_as_dict
 from controlplane.source.directory import FileState, LoadedDirectory, Served
@@ -49,6 +51,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_on(hosts: list[str]) -> int:
+    """A port free on every one of `hosts`, for replicas that listen on the same port at their own address."""
+    while True:
+        port = free_port()
+        try:
+            for host in hosts:
+                with socket.socket() as sock:
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+
+
+def serve_args(args: list[str]) -> argparse.Namespace:
+    """`controlplane serve ARGS` as the server reads them (its defaults filled in), so that files that start
+    it (Dockerfile, docker-compose, Kubernetes manifests) are checked against its real flags; an unknown
+    flag exits as the command would."""
+    return controlplane_parser().parse_args(["serve", *args])
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
@@ -77,8 +99,10 @@ class Response:
         return json.loads(self.body)
 
 
-def http_get(port: int, path: str = "/get", headers: dict[str, str] | None = None, timeout: float = 5) -> Response:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def http_get(
+    port: int, path: str = "/get", headers: dict[str, str] | None = None, timeout: float = 5, host: str = "127.0.0.1"
+) -> Response:
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
@@ -115,13 +139,19 @@ class ControlPlaneProcess:
     """The module port."""
     admin_port: int
     """Health, readiness, metrics and the status views."""
+    host: str = "127.0.0.1"
+    """The loopback address it listens on, admin port included."""
+
+    def get(self, path: str) -> Response:
+        """`path` from the admin port."""
+        return http_get(self.admin_port, path, host=self.host)
 
     def status(self, view: str = "config") -> Any:
-        return http_get(self.admin_port, f"/debug/{view}").json()
+        return self.get(f"/debug/{view}").json()
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample of `/metrics`, parsed by prometheus_client: (name, sorted labels) to value."""
-        text = http_get(self.admin_port, "/metrics").body.decode()
+        text = self.get("/metrics").body.decode()
         return {
             (sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text)
@@ -141,12 +171,14 @@ def start_control_plane(
     *extra: str,
     ports: tuple[int, int] | tuple[int, int, int] | None = None,
     until: str = "/ready",
+    host: str = "127.0.0.1",
     cache_dir: Path | None = None,
     command_prefix: tuple[str, ...] = (),
 ) -> ControlPlaneProcess:
     """`ports` (xDS, HTTP[, admin]) start it where an earlier one ran, as a restart does; `until` is the admin
-    path that must answer 200 before this returns; `command_prefix` runs it through another program (such as
-    one that drops privileges)."""
+    path that must answer 200 before this returns; `host` is the loopback address it listens on, admin port
+    included (replicas each take their own, 127.0.0.2, 127.0.0.3..., with the same ports); `command_prefix`
+    runs it through another program (such as one that drops privileges)."""
     xds_port, http_port, admin_port = (*ports, free_port())[:3] if ports else (free_port(), free_port(), free_port())
     process = Process(
         f"controlplane-{len(processes)}",
@@ -164,14 +196,19 @@ def start_control_plane(
                 str(admin_port),
                 "--cache-dir",
                 str(cache_dir or log_dir / "cache"),
+                "--host",
+                host,
+                "--admin-host",
+                host,
                 *extra,
             ),
         ],
         log_dir,
     )
     processes.append(process)
-    wait_for(lambda: http_get(admin_port, until).status == 200, what=f"control plane {until}")
-    return ControlPlaneProcess(process, xds_port, http_port, admin_port)
+    control_plane = ControlPlaneProcess(process, xds_port, http_port, admin_port, host)
+    wait_for(lambda: control_plane.get(until).status == 200, what=f"control plane {until}")
+    return control_plane
 
 
 @dataclass
@@ -211,6 +248,20 @@ class EnvoyProcess:
                 typed = ecds["ecds_filter"]
                 result[typed["name"]] = typed["typed_config"]
         return result
+
+
+def config_reloads(stats: dict[str, int]) -> dict[str, int]:
+    """Every counter that moves when Envoy applies a listener, cluster or filter config."""
+    watched = (
+        "listener_added",
+        "listener_modified",
+        "listener_removed",
+        "cds.update_success",
+        "lds.update_success",
+        "config_reload",
+        "update_rejected",
+    )
+    return {name: value for name, value in stats.items() if name.endswith(watched)}
 
 
 def start_envoy(

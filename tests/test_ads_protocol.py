@@ -38,10 +38,12 @@ QUIET_SECONDS = 0.7
 
 
 class Client:
-    def __init__(self, port: int, node_id: str, labels: dict[str, str], delta: bool = False) -> None:
+    def __init__(
+        self, port: int, node_id: str, labels: dict[str, str], delta: bool = False, host: str = "127.0.0.1"
+    ) -> None:
         self.node = base_pb2.Node(id=node_id)
         self.node.metadata.update({"NAMESPACE": "default", "LABELS": labels})
-        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self._channel = grpc.aio.insecure_channel(f"{host}:{port}")
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
         rpc = stub.DeltaAggregatedResources if delta else stub.StreamAggregatedResources

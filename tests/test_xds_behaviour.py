@@ -17,6 +17,7 @@ from tests.support import (
     Process,
     Stack,
     burst,
+    config_reloads,
     free_port,
     http_get,
     sidecar_yaml,
@@ -39,20 +40,6 @@ def ratelimit(app: str, requests_per_second: int) -> str:
         plugin_name="ratelimit",
         config={"requests_per_second": requests_per_second},
     )
-
-
-def config_reloads(stats: dict[str, int]) -> dict[str, int]:
-    """Every counter that moves when Envoy applies a listener, cluster or filter config."""
-    watched = (
-        "listener_added",
-        "listener_modified",
-        "listener_removed",
-        "cds.update_success",
-        "lds.update_success",
-        "config_reload",
-        "update_rejected",
-    )
-    return {name: value for name, value in stats.items() if name.endswith(watched)}
 
 
 def test_a_listener_envoy_cannot_bind_is_rejected_once_and_the_others_keep_serving(

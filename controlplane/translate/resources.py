@@ -393,11 +393,11 @@ def _make_upstream_cluster(port: IngressPort) -> cluster_pb2.Cluster:
     return cluster
 
 
-def speak_http2(cluster: cluster_pb2.Cluster) -> None:
-    """Makes the cluster's connections HTTP/2, as gRPC needs."""
+def speak_http2(cluster: cluster_pb2.Cluster, keepalive: protocol_pb2.KeepaliveSettings | None = None) -> None:
+    """Makes the cluster's connections HTTP/2, as gRPC needs; `keepalive`: pings on idle connections."""
     options = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions(connection_keepalive=keepalive)
         )
     )
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options, deterministic=True)
