@@ -6,6 +6,7 @@ rather than a rollout."""
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 from functools import cache
 from pathlib import Path
@@ -118,8 +119,7 @@ def test_an_invalid_field_is_caught_by_the_schema_check() -> None:
 def test_every_listed_file_exists_and_every_manifest_is_listed() -> None:
     listed = set(kustomization()["resources"])
     assert all((MANIFESTS / name).is_file() for name in listed)
-    # certificate.yaml needs cert-manager's CRDs, so it is listed only where cert-manager runs.
-    assert {p.name for p in MANIFESTS.glob("*.yaml")} - listed == {"kustomization.yaml", "certificate.yaml"}
+    assert {p.name for p in MANIFESTS.glob("*.yaml")} - listed == {"kustomization.yaml"}
 
 
 def test_config_dir_is_git_syncs_link_on_the_volume_git_sync_writes() -> None:
@@ -205,7 +205,7 @@ def test_only_proxies_reach_the_xds_and_module_ports() -> None:
 
 def test_tls_secret_is_mounted_as_cert_manager_writes_it() -> None:
     [volume] = [v for v in pod()["spec"]["volumes"] if "secret" in v]
-    certificate = yaml.safe_load((MANIFESTS / "certificate.yaml").read_text())
+    certificate = yaml.safe_load((MANIFESTS / "mtls" / "certificate.yaml").read_text())
     assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
     spec = container("controlplane")
     [mount] = [m for m in spec["volumeMounts"] if m["name"] == volume["name"]]
@@ -238,3 +238,47 @@ def test_kubernetes_bootstrap_reaches_every_replica_through_the_headless_service
         "address": f"{headless['metadata']['name']}.{kustomization()['namespace']}.svc",
         "port_value": port["port"],
     }
+
+
+def json_patched(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """`document` after the JSON patch (RFC 6902) operations `add` and `replace`, as kustomize applies them;
+    a path that does not exist fails, as it fails there."""
+    patched = copy.deepcopy(document)
+    for operation in operations:
+        *parents, last = operation["path"].lstrip("/").split("/")
+        target: Any = patched
+        for step in parents:
+            target = target[int(step)] if isinstance(target, list) else target[step]
+        if operation["op"] == "add" and isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), operation["value"])
+        elif operation["op"] in ("add", "replace"):
+            key: Any = int(last) if isinstance(target, list) else last
+            if operation["op"] == "replace":
+                assert key in target if isinstance(target, dict) else key < len(target), operation["path"]
+            target[key] = operation["value"]
+        else:
+            raise AssertionError(f"unexpected operation {operation['op']}")
+    return patched
+
+
+def test_mtls_overlay_starts_the_server_with_the_secrets_files() -> None:
+    """deploy/kubernetes/mtls: the base plus cert-manager's Certificate, and the server given the Secret's
+    certificate, key and CA, with the Secret required; the patched Deployment is still a valid one."""
+    overlay_dir = MANIFESTS / "mtls"
+    overlay = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["..", "certificate.yaml"]
+    [patch] = overlay["patches"]
+    assert patch["target"] == {"kind": "Deployment", "name": resource("Deployment")["metadata"]["name"]}
+    deployment = json_patched(resource("Deployment"), yaml.safe_load((overlay_dir / patch["path"]).read_text()))
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(deployment, version, strict=True)
+    [spec] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "controlplane"]
+    args = serve_args(spec["args"])
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert volume["secret"]["optional"] is False
+    [mount] = [m for m in spec["volumeMounts"] if m["name"] == volume["name"]]
+    files = {args.tls_cert: "tls.crt", args.tls_key: "tls.key", args.client_ca: "ca.crt"}
+    for path, name in files.items():
+        assert path == f"{mount['mountPath']}/{name}", files
+    certificate = yaml.safe_load((overlay_dir / "certificate.yaml").read_text())
+    assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
