@@ -6,8 +6,10 @@ push."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +24,12 @@ from prometheus_client.registry import Collector
 
 from controlplane.http_server import Reply, Request, text
 from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, ProxyClass, WasmPlugin
-from controlplane.modules.resolver import ModuleRecord
+from controlplane.modules.resolver import ModuleRecord, ModuleResolver
 from controlplane.modules.signatures import signer_names
 from controlplane.redaction import redact
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.status import file_status
+from controlplane.translate.attachment import attachment_report
 from controlplane.translate.resources import ECDS_NAME_PREFIX
 from controlplane.xds.connection import Connection, TypeState
 from controlplane.xds.server import DiscoveryServer
@@ -329,3 +332,42 @@ class AdminRoutes:
 
 def _encoded(build: Callable[[], Any]) -> bytes:
     return json.dumps(build(), indent=2, sort_keys=True).encode() + b"\n"
+
+
+class ServerViews:
+    """`/debug/config`, `/debug/proxies` and the summary line, read from the running server's parts. What a
+    view needs is taken on the event loop, which changes it; the view is built off it."""
+
+    def __init__(
+        self,
+        loaded: Callable[[], LoadedDirectory],
+        modules: ModuleResolver,
+        proxy_classes: Callable[[], Iterable[ProxyClass]],
+        xds: DiscoveryServer[ProxyClass],
+        root_namespace: str,
+    ) -> None:
+        self._loaded = loaded
+        self._modules = modules
+        self._proxy_classes = proxy_classes
+        self._xds = xds
+        self._root_namespace = root_namespace
+        self._last_summary = ""
+
+    def config(self) -> Callable[[], Any]:
+        records = {key: copy.copy(record) for key, record in self._modules.records().items()}
+        loaded, now, clock, keys = self._loaded(), time.time(), time.monotonic(), list(self._proxy_classes())
+        rejections = ecds_rejections(self._xds.connections.values())
+        return lambda: config_view(
+            loaded, records, now, clock, attachment_report(loaded.config, keys, self._root_namespace), rejections
+        )
+
+    def proxies(self) -> Callable[[], Any]:
+        return built(proxies_view(self._xds.connections.values()))
+
+    def new_summary(self) -> str | None:
+        """The summary line when it differs from the last one given, else None."""
+        summary = serving_summary(self._loaded(), self._modules.statuses, self._proxy_classes())
+        if summary == self._last_summary:
+            return None
+        self._last_summary = summary
+        return summary

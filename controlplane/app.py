@@ -6,45 +6,29 @@ only when its snapshot's version changed."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import gc
 import logging
 import signal
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-import grpc
-
-from controlplane.addresses import host_for_url
-from controlplane.admin import (
-    AdminRoutes,
-    Metrics,
-    StateCollector,
-    built,
-    config_view,
-    ecds_rejections,
-    proxies_view,
-    serving_summary,
-)
+from controlplane.access import ProxyAccess
+from controlplane.admin import AdminRoutes, Metrics, ServerViews, StateCollector
 from controlplane.convergence import Convergence
-from controlplane.http_server import HttpServer, Request, module_routes
-from controlplane.identity import auth_context_uris, certificate_namespace, may_fetch_module, namespace_refusal
+from controlplane.http_server import module_routes
 from controlplane.model import ModuleReady, ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests, start_waits_for
 from controlplane.modules.resolver import ModuleResolver
 from controlplane.modules.store import ModuleStore
 from controlplane.node import proxy_class
+from controlplane.ports import Ports
 from controlplane.serve_settings import ServeSettings
 from controlplane.snapshots.builder import SnapshotBuilder
 from controlplane.source.directory import LoadedDirectory
 from controlplane.source.follower import DirectoryFollower
 from controlplane.tls import ServerTls
-from controlplane.translate.attachment import attachment_report
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.server import SERVER_OPTIONS, Callbacks, DiscoveryServer, StreamOpening, StreamRefused
+from controlplane.xds.server import Callbacks, DiscoveryServer
 from controlplane.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -73,27 +57,26 @@ class ControlPlane:
         )
         self.snapshots = SnapshotBuilder(settings.translate, self.store.read)
         self.cache: SnapshotCache[ProxyClass] = SnapshotCache(self._build_first, self.snapshots.forget)
+        self.tls = ServerTls(settings.tls) if settings.tls else None
+        root_namespace = settings.translate.root_namespace
+        mutual = bool(self.tls and self.tls.mutual)
+        statuses = lambda: self.modules.statuses  # noqa: E731
+        self.access = ProxyAccess(mutual, settings.trust_domain, root_namespace, lambda: self.loaded.config, statuses)
         convergence = self.convergence
         callbacks: Callbacks[ProxyClass] = Callbacks(
-            on_stream_open=self._admit,
+            on_stream_open=self.access.admit,
             on_stream_closed=convergence.closed,
             on_response=lambda connection, response: convergence.responded(connection),
             on_reply=lambda connection, reply: convergence.answered(connection),
         )
         self.xds = DiscoveryServer(self.cache, proxy_class, self.ready, callbacks)
         self._loaded = LoadedDirectory()
-        self.metrics.registry.register(
-            StateCollector(self.ready.is_set, lambda: self.loaded, lambda: self.modules.statuses, self.xds)
-        )
-        self.tls = ServerTls(settings.tls) if settings.tls else None
+        self.metrics.registry.register(StateCollector(self.ready.is_set, lambda: self.loaded, statuses, self.xds))
+        self.views = ServerViews(lambda: self.loaded, self.modules, self.cache.watched_keys, self.xds, root_namespace)
         self._tasks: list[asyncio.Task[None]] = []
         self._built_from: object = None
         """What the snapshots were last built from: the config and the modules' states."""
-        self._grpc: grpc.aio.Server | None = None
-        self._http: HttpServer | None = None
-        self._admin: HttpServer | None = None
-        self._admin_routes: AdminRoutes | None = None
-        self._last_summary = ""
+        self.ports: Ports | None = None
 
     @property
     def loaded(self) -> LoadedDirectory:
@@ -102,25 +85,12 @@ class ControlPlane:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
-        self.xds.register(self._grpc)
-        xds_address = f"{host_for_url(self.settings.host)}:{self.settings.xds_port}"
-        if self.tls is not None:
-            self.xds_port = self._grpc.add_secure_port(xds_address, self.tls.grpc_credentials())
-        else:
-            self.xds_port = self._grpc.add_insecure_port(xds_address)
-        limits = self.settings.http_limits
-        routes = module_routes(self.store, self._may_fetch)
-        self._http = HttpServer("module", self.settings.host, self.settings.http_port, routes, limits, self.tls)
-        views = {"/debug/config": self._config_view, "/debug/proxies": self._proxies_view}
-        self._admin_routes = AdminRoutes(self.ready.is_set, self.metrics, views)
-        self._admin = HttpServer(
-            "admin", self.settings.admin_host, self.settings.admin_port, self._admin_routes, limits
+        views = {"/debug/config": self.views.config, "/debug/proxies": self.views.proxies}
+        admin_routes = AdminRoutes(self.ready.is_set, self.metrics, views)
+        self.ports = Ports(
+            self.settings, self.tls, self.xds, module_routes(self.store, self.access.may_fetch), admin_routes
         )
-        await self._http.start()
-        await self._admin.start()
-        self.http_port, self.admin_port = self._http.port, self._admin.port
-        await self._grpc.start()
+        await self.ports.start()
         self.source.start(loop)
         await self.reload()
         # Proxies get nothing until the directory is loaded and its modules settled, so that none is
@@ -142,27 +112,15 @@ class ControlPlane:
             task = asyncio.create_task(work)
             task.add_done_callback(_report_end)
             self._tasks.append(task)
-        host, admin_host = self.settings.host, self.settings.admin_host
-        secured = (" with mTLS" if self.tls.mutual else " with TLS") if self.tls else ""
-        log.info(
-            "serving xDS on %s:%d%s, modules on %s:%d, admin on %s:%d",
-            *(host, self.xds_port, secured, host, self.http_port, admin_host, self.admin_port),
-        )
+        log.info("serving %s", self.ports.describe())
 
     async def stop(self) -> None:
-        """Stops accepting, then closes the streams: each Envoy keeps its config and reconnects at once (to
-        another replica where there is one)."""
         self.source.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1)
-        for http in (self._http, self._admin):
-            if http is not None:
-                await http.stop()
-        if self._admin_routes is not None:
-            self._admin_routes.close()
+        if self.ports is not None:
+            await self.ports.stop()
 
     async def reload(self) -> None:
         with self.metrics.reload_seconds.time():
@@ -175,34 +133,9 @@ class ControlPlane:
 
     def _log_summary(self) -> None:
         """At start, and after a reload that changed what is served."""
-        summary = serving_summary(self.loaded, self.modules.statuses, self.cache.watched_keys())
-        if summary != self._last_summary:
+        summary = self.views.new_summary()
+        if summary is not None:
             log.info("%s", summary)
-            self._last_summary = summary
-
-    def _config_view(self) -> Callable[[], Any]:
-        """Takes what the view needs on the loop (copies of the records, which the loop changes); the view is
-        built off it."""
-        records = {key: copy.copy(record) for key, record in self.modules.records().items()}
-        loaded, now, clock = self.loaded, time.time(), time.monotonic()
-        keys, root_namespace = self.cache.watched_keys(), self.settings.translate.root_namespace
-        rejections = ecds_rejections(self.xds.connections.values())
-        return lambda: config_view(
-            loaded, records, now, clock, attachment_report(loaded.config, keys, root_namespace), rejections
-        )
-
-    def _proxies_view(self) -> Callable[[], Any]:
-        """Built on the loop: the streams change their state there."""
-        return built(proxies_view(self.xds.connections.values()))
-
-    def _may_fetch(self, sha256: str, request: Request) -> bool:
-        """With mTLS, a module goes only to a proxy of a namespace that one of its plugins applies to."""
-        if self.tls is None or not self.tls.mutual:
-            return True
-        namespace = certificate_namespace(request.peer_uris, self.settings.trust_domain)
-        return namespace is not None and may_fetch_module(
-            sha256, namespace, self.loaded.config.plugins, self.modules.statuses, self.settings.translate.root_namespace
-        )
 
     def _build(self, proxy: ProxyClass) -> Snapshot:
         with self.metrics.translation_seconds.time():
@@ -227,15 +160,6 @@ class ControlPlane:
             # A count: a class is named by labels its proxies chose, of any size.
             log.info("new config for %d proxy classes", len(changed))
         self.convergence.rebuilt(changed, self.xds.connections.values())
-
-    def _admit(self, opening: StreamOpening[ProxyClass]) -> None:
-        """With mTLS, a proxy asks only as the namespace its certificate names."""
-        if self.tls is None or not self.tls.mutual:
-            return
-        uris = auth_context_uris(opening.auth)
-        refusal = namespace_refusal(opening.key.namespace, uris, self.settings.trust_domain)
-        if refusal is not None:
-            raise StreamRefused(refusal)
 
 
 def _report_end(task: asyncio.Task[None]) -> None:

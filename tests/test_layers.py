@@ -28,8 +28,8 @@ LAYERS: list[set[str]] = [
     {"translate", "http_server"},
     {"node", "snapshots", "render", "diff", "serve_settings", "convergence"},
     {"bootstrap"},
-    {"admin", "demo"},
-    {"app", "proxy_status"},
+    {"admin", "demo", "access"},
+    {"app", "proxy_status", "ports"},
     {"cli"},
     {"__main__"},
 ]
