@@ -29,7 +29,8 @@ LAYERS: list[set[str]] = [
     {"node", "snapshots", "render", "diff", "serve_settings", "convergence"},
     {"bootstrap"},
     {"admin", "demo", "access"},
-    {"app", "proxy_status", "ports"},
+    {"ports"},
+    {"app", "proxy_status"},
     {"cli"},
     {"__main__"},
 ]
