@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -166,11 +167,24 @@ class SigstoreInstance:
         key, cert = self.leaf(subject, issuer)
         signature = key.sign(content, ec.ECDSA(hashes.SHA256()))
         body = self.hashedrekord_body(content, signature, cert)
+        message = {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": b64(hashlib.sha256(content).digest())},
+            "signature": b64(signature),
+        }
+        return self.bundle(cert, "hashedrekord", body, {"messageSignature": message})
+
+    def bundle(
+        self, cert: x509.Certificate, kind: str, body: bytes, content: dict[str, Any], log_tampered: bool = False
+    ) -> bytes:
+        """A Sigstore bundle: the leaf certificate, the log entry of `body` (a Rekor `kind` entry) with its
+        signed entry timestamp, and `content` (the message signature or the DSSE envelope)."""
         integrated_time, log_index, timestamp = self.log_entry(body)
+        if log_tampered:
+            log_index += 1
         entry = {
             "logIndex": str(log_index),
             "logId": {"keyId": b64(self.log_id)},
-            "kindVersion": {"kind": "hashedrekord", "version": "0.0.1"},
+            "kindVersion": {"kind": kind, "version": "0.0.1"},
             "integratedTime": str(integrated_time),
             "inclusionPromise": {"signedEntryTimestamp": b64(timestamp)},
             "canonicalizedBody": b64(body),
@@ -182,10 +196,7 @@ class SigstoreInstance:
                     "certificate": {"rawBytes": b64(cert.public_bytes(serialization.Encoding.DER))},
                     "tlogEntries": [entry],
                 },
-                "messageSignature": {
-                    "messageDigest": {"algorithm": "SHA2_256", "digest": b64(hashlib.sha256(content).digest())},
-                    "signature": b64(signature),
-                },
+                **content,
             }
         )
 
@@ -232,24 +243,4 @@ class SigstoreInstance:
                 },
             }
         )
-        integrated_time, log_index, timestamp = self.log_entry(body)
-        if log_tampered:
-            log_index += 1
-        entry = {
-            "logIndex": str(log_index),
-            "logId": {"keyId": b64(self.log_id)},
-            "kindVersion": {"kind": "dsse", "version": "0.0.1"},
-            "integratedTime": str(integrated_time),
-            "inclusionPromise": {"signedEntryTimestamp": b64(timestamp)},
-            "canonicalizedBody": b64(body),
-        }
-        return compact(
-            {
-                "mediaType": BUNDLE,
-                "verificationMaterial": {
-                    "certificate": {"rawBytes": b64(cert.public_bytes(serialization.Encoding.DER))},
-                    "tlogEntries": [entry],
-                },
-                "dsseEnvelope": envelope,
-            }
-        )
+        return self.bundle(cert, "dsse", body, {"dsseEnvelope": envelope}, log_tampered)
