@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
         "verification_keys",
         "tls",
         "identity",
+        "lifetime",
     },
     {"source", "modules", "xds"},
     {"translate", "http_server"},

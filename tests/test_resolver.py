@@ -57,6 +57,27 @@ def test_modules_no_plugin_wants_are_forgotten_whole(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_bytes_in_memory_go_with_the_last_plugin_that_wants_them(tmp_path: Path) -> None:
+    """Proxies get modules inside their configs, from memory: a module no plugin wants is not held."""
+    cache = tmp_path / "cache"
+    store = ModuleStore(cache, just_put_seconds=0)
+    [url] = copies(tmp_path, 1)
+
+    async def scenario() -> None:
+        modules = ModuleResolver(store, ModuleIndex(cache), ResolverSettings(retry_first_seconds=60), lambda: None)
+        modules.require([request(url)])
+        await modules.settled()
+        [status] = modules.statuses.values()
+        assert isinstance(status, ModuleReady)
+        store.path(status.sha256).unlink()
+        assert store.read(status.sha256) == RATELIMIT_WASM.read_bytes(), "served from memory"
+        modules.require([])
+        await modules.settled()
+        assert store.read(status.sha256) is None
+
+    asyncio.run(scenario())
+
+
 def test_keys_of_one_url_share_its_lock_until_the_last_goes(tmp_path: Path) -> None:
     [url] = copies(tmp_path, 1)
     by_content = request(url, _sha256(RATELIMIT_WASM))

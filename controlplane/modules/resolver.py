@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from controlplane.model import ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
+from controlplane.model import Config, ModuleFailed, ModuleKey, ModuleReady, ModuleStatus, RegistryCredential
 from controlplane.modules.download import FetchFailed, FetchSettings
 from controlplane.modules.fetch import fetch_module, is_local
 from controlplane.modules.index import IndexEntry, ModuleIndex, entry_name, expired
-from controlplane.modules.policy import ModuleRequest
+from controlplane.modules.policy import ModuleRequest, start_waits_for
 from controlplane.modules.signatures import check_signatures
 from controlplane.modules.store import ModuleStore, StoreFailed
 from controlplane.modules.verify import ModuleRejected, verify_module
@@ -137,6 +137,7 @@ class ModuleResolver:
                 or (changed and (request.always or isinstance(record.status, ModuleFailed)))
             ):
                 self._start(record, use_cache=record.status is None)
+        self._release_unserved()
 
     async def settled(self) -> None:
         """Waits until no fetch is under way."""
@@ -150,6 +151,16 @@ class ModuleResolver:
             r.fetch for k, r in self._records.items() if r.fetch is not None and r.status is None and wanted(k)
         ]:
             await asyncio.wait(pending, timeout=self._settings.tick_seconds)
+
+    async def first_push_ready(self, config: Config, timeout: float) -> bool:
+        """Waits until every module a starting server holds its first push for (`start_waits_for`) has a
+        status; False when `timeout` seconds pass first."""
+        waits_for = start_waits_for(config)
+        try:
+            await asyncio.wait_for(self.available(waits_for.__contains__), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def run(self) -> None:
         """Retries, re-pulls and purges, for as long as the server runs."""
@@ -249,6 +260,7 @@ class ModuleResolver:
             if record.request is None and self._records.get(key) is record:
                 del self._records[key]  # nobody wants it any more: nothing of it is kept
         if record.request is None:
+            self._release_unserved()
             return
         record.fetched_revision = request.revision
         previous = record.status
@@ -297,7 +309,13 @@ class ModuleResolver:
     def _set(self, record: ModuleRecord, status: ModuleStatus) -> None:
         if record.status != status:
             record.status = status
+            self._release_unserved()
             self._on_change()
+
+    def _release_unserved(self) -> None:
+        """Drops from memory the module bytes no wanted module's status names any more (proxies are sent
+        modules inside their configs, from memory)."""
+        self._store.keep_only(s.sha256 for s in self.statuses.values() if isinstance(s, ModuleReady))
 
     def _forget(self, key: ModuleKey) -> None:
         """Drops the record; one whose fetch is under way stays, unwanted, until the fetch ends."""
