@@ -13,7 +13,7 @@ from controlplane.access import ProxyAccess
 from controlplane.admin import AdminRoutes, Metrics, ServerViews, StateCollector
 from controlplane.convergence import Convergence
 from controlplane.http_server import module_routes
-from controlplane.lifetime import cancel_all, freeze_startup_objects, run_for_life
+from controlplane.lifetime import cancel_all, freeze_startup_objects, release_memory_after_bursts, run_for_life
 from controlplane.model import ProxyClass
 from controlplane.modules.index import ModuleIndex
 from controlplane.modules.policy import module_requests
@@ -93,7 +93,10 @@ class ControlPlane:
         self.ready.set()
         self._log_summary()
         freeze_startup_objects()
-        self._tasks = run_for_life(self.source.follow(self.reload), self.modules.run())
+        sent = lambda: self.xds.responses_sent.total()  # noqa: E731
+        self._tasks = run_for_life(
+            self.source.follow(self.reload), self.modules.run(), release_memory_after_bursts(sent)
+        )
         log.info("serving %s", self.ports.describe())
 
     async def stop(self) -> None:

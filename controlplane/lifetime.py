@@ -4,9 +4,12 @@ collector set for thousands of long-lived streams."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,43 @@ def freeze_startup_objects() -> None:
     with thousands of streams open scan only what changes. Streams allocate much and keep little."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+async def release_memory_after_bursts(
+    activity: Callable[[], int], quiet_seconds: float = 1.0, release: Callable[[], object] | None = None
+) -> None:
+    """Once a burst of work (a connect storm, a push to thousands of streams) has been quiet for
+    `quiet_seconds`, collects its young garbage and hands the memory it freed back to the system. glibc
+    keeps freed memory for reuse otherwise, so an idle server would stay at the size of its last storm.
+    `activity()` is a count that moves with work done (responses sent); `release()` does the releasing."""
+    release = release or _release_memory
+    last, pending = activity(), False
+    while True:
+        await asyncio.sleep(quiet_seconds)
+        now = activity()
+        if now != last:
+            last, pending = now, True
+        elif pending:
+            pending = False
+            started = time.perf_counter()
+            release()
+            log.debug("memory released after a burst in %.1f ms", (time.perf_counter() - started) * 1000)
+
+
+def _release_memory() -> None:
+    gc.collect(1)
+    _malloc_trim(0)
+
+
+def _find_malloc_trim() -> Callable[[int], object]:
+    """glibc's malloc_trim, or nothing where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError, TypeError):
+        return lambda pad: None
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 def _report_end(task: asyncio.Task[None]) -> None:

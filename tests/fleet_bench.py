@@ -32,6 +32,8 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 CLIENT_PROCESSES = 2
+WARM_OFFSET = 10_000_000
+"""Node ids of the proxies that warm each class up, apart from the fleet's."""
 CHANGED_PLUGIN = "shared-0"
 PROFILE = os.environ.get("FLEET_BENCH_PROFILE", "")
 """A file to write the server's cProfile to (the last server run's)."""
@@ -367,8 +369,18 @@ def change(root: Path, mark: str, module: str) -> None:
 
 
 class Clients:
-    def __init__(self, port: int, proxies: int, classes: int, delta: bool, capture: bool) -> None:
-        share = -(-proxies // CLIENT_PROCESSES)
+    def __init__(
+        self,
+        port: int,
+        proxies: int,
+        classes: int,
+        delta: bool,
+        capture: bool,
+        processes: int = CLIENT_PROCESSES,
+        offset: int = 0,
+    ) -> None:
+        """`offset`: the index of the first proxy (its node id is proxy-INDEX, its class app c(INDEX % classes))."""
+        share = -(-proxies // processes)
         self.processes = []
         for first in range(0, proxies, share):
             args = [
@@ -376,7 +388,7 @@ class Clients:
                 "-m",
                 "tests.fleet_bench",
                 "--client",
-                f"{port},{first},{min(share, proxies - first)},{classes},{int(delta)},{int(capture)}",
+                f"{port},{offset + first},{min(share, proxies - first)},{classes},{int(delta)},{int(capture)}",
             ]
             self.processes.append(subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         self.started = time.monotonic()
@@ -441,13 +453,18 @@ def drive(
     trigger: Any,
     capture: str,
 ) -> Row:
+    # One proxy per class first, so that what a class costs once (its snapshot, its response bodies) is
+    # not counted as the cost of each proxy.
+    warm = Clients(port, classes, classes, delta, False, processes=1, offset=WARM_OFFSET)
+    warm.wait("connected", 60)
+    time.sleep(1.5)
     pids = process_tree(pid)
     rss_before = memory(pids, "VmRSS")
     cpu_before = cpu_seconds(pids)
     clients = Clients(port, proxies, classes, delta, bool(capture and not name.startswith("bare")))
     acked_first = clients.wait("connected", max(60, proxies / 50))
     connect = max(acked_first) - clients.started if all(acked_first) else float("nan")
-    time.sleep(1)
+    time.sleep(2)  # the server hands back what the storm freed once it has been quiet for a second
     rss_connected = memory(process_tree(pid), "VmRSS")
     p50s, p99s, worsts = [], [], []
     for index in range(changes):
@@ -478,6 +495,7 @@ def drive(
         (rss_connected - rss_before) / proxies,
     )
     clients.stop()
+    warm.stop()
     return row
 
 

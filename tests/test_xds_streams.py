@@ -229,3 +229,30 @@ def test_delta_a_stream_that_starts_with_versions_gets_only_what_differs() -> No
     [update] = stale.send(CLUSTER, initial_resource_versions={**versions, "wasm-modules": "old", "inbound|9||": "gone"})
     assert names(update) == ["wasm-modules"]
     assert list(update.removed_resources) == ["inbound|9||"]
+
+
+# --- what an idle stream holds ------------------------------------------------------------------------------
+
+
+def test_streams_of_a_class_share_their_subscriptions_and_response_bodies() -> None:
+    """Thousands of streams of a class each holding its own copy of the names it asked for, or of a response
+    body with modules inside, would cost more than all else a stream keeps."""
+    plugins = {name: "v1" for name in ("a", "b", "c")}
+    for delta in (False, True):
+        current = snapshot(("wasm-modules",), plugins)
+        streams = [FakeStream(delta, current) for _ in range(2)]
+        field = "resource_names_subscribe" if delta else "resource_names"
+        first, second = (
+            s.protocol.on_request(
+                (discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest)(
+                    type_url=EXTENSION_CONFIG, **{field: [PLUGIN + n for n in plugins]}
+                )
+            )
+            for s in streams
+        )
+        [one], [other] = first, second
+        assert one.body is other.body, "one body for every stream, the nonce added only when written"
+        assert _decoded(one).nonce == one.nonce and _decoded(other).nonce == other.nonce
+        names_held = [s.state(EXTENSION_CONFIG).names for s in streams]
+        assert names_held[0] == {PLUGIN + n for n in plugins}
+        assert names_held[0] is names_held[1], "one copy of a subscription for every stream asking for it"

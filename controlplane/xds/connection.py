@@ -11,13 +11,33 @@ from typing import Generic, TypeVar
 from controlplane.xds.snapshot import Resources
 
 K = TypeVar("K", bound=Hashable)
+H = TypeVar("H", bound=Hashable)
+
+SHARED_VALUES = 8192
+"""Distinct values `shared` keeps; streams of a class hold the same few, so more only means clients that
+invent names or labels grow memory."""
+
+_shared: dict[Hashable, Hashable] = {}
+
+
+def shared(value: H) -> H:
+    """The one copy of `value` that every stream holding an equal one keeps: its proxy class, the names it
+    subscribes to. Thousands of streams of a class ask for the same names, and each holding its own copy of
+    them (strings parsed from its request) would cost more than all else an idle stream keeps."""
+    try:
+        return _shared[value]  # type: ignore[return-value]
+    except KeyError:
+        if len(_shared) >= SHARED_VALUES:
+            _shared.clear()
+        _shared[value] = value
+        return value
 
 
 class InvalidNode(ValueError):
     """The node of a stream's first request does not say which resources it should get."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outstanding:
     """A response the proxy has not answered yet."""
 
@@ -28,7 +48,7 @@ class Outstanding:
     """`time.monotonic()` when it was handed to the stream."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reply:
     """A proxy's answer to one of its responses: an ACK (`error` None) or a NACK."""
 
@@ -47,7 +67,7 @@ MAX_OUTSTANDING = 16
 """Answers to older responses than this are dropped: a proxy answers every response, in order."""
 
 
-@dataclass
+@dataclass(slots=True)
 class TypeState:
     wildcard: bool = False
     """Subscribed to every resource of the type, besides any names."""
@@ -79,7 +99,7 @@ class TypeState:
             del self.outstanding[next(iter(self.outstanding))]
 
 
-@dataclass
+@dataclass(slots=True)
 class Connection(Generic[K]):
     node_id: str
     key: K

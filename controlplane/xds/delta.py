@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.xds.connection import TypeState
+from controlplane.xds.connection import TypeState, shared
 from controlplane.xds.snapshot import (
     EXTENSION_CONFIG,
     LISTENER,
@@ -23,6 +23,7 @@ K = TypeVar("K", bound=Hashable)
 
 
 class DeltaProtocol(StreamState[K]):
+    __slots__ = ("_removals_after",)
     delta = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -51,7 +52,7 @@ class DeltaProtocol(StreamState[K]):
             # A first request naming nothing subscribes to everything of a wildcard type (legacy wildcard).
             state.wildcard = type_url in WILDCARD_TYPES and not subscribe
         state.wildcard = (state.wildcard or WILDCARD in subscribe) and WILDCARD not in unsubscribe
-        state.names = frozenset((state.names | subscribe) - unsubscribe - {WILDCARD})
+        state.names = shared(frozenset((state.names | subscribe) - unsubscribe - {WILDCARD}))
         for name in unsubscribe:
             if state.known.pop(name, None) is not None:  # the proxy forgets what it unsubscribes from
                 state.known_as = None

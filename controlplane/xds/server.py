@@ -10,10 +10,11 @@ consumer is brought to the latest snapshot, never through every one in between."
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -23,7 +24,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.connection import Connection, InvalidNode, Reply, printable
+from controlplane.xds.connection import Connection, InvalidNode, Reply, printable, shared
 from controlplane.xds.delta import DeltaProtocol
 from controlplane.xds.snapshot import EXTENSION_CONFIG, SERVED_TYPES
 from controlplane.xds.sotw import SotwProtocol
@@ -161,23 +162,20 @@ class DiscoveryServer(Generic[K]):
             # As Istio: a proxy that does not say who it is cannot be told apart in any view or log.
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
         try:
-            key = self._node_key(first.node, only_type is not None)
+            key = shared(self._node_key(first.node, only_type is not None))
         except InvalidNode as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         # Nobody is answered before the directory is loaded: a partial config would be worse than none.
         await self._ready.wait()
         node_id = printable(first.node.id)
-        try:
-            service = "extension configs" if only_type else "aggregated"
-            auth = context.auth_context()
-            self._callbacks.on_stream_open(StreamOpening(first.node, key, protocol, service, context.peer(), auth))
-        except StreamRefused as exc:
-            log.warning("proxy %s refused: %s", node_id, printable(str(exc)))
-            await context.abort(exc.code, str(exc))
+        refusal = self._refusal(context, first.node, key, protocol, only_type)
+        if refusal is not None:
+            log.warning("proxy %s refused: %s", node_id, printable(str(refusal)))
+            await context.abort(refusal.code, str(refusal))
         connection = Connection(first.node.id, key, protocol, time.time())
         stream_id = id(connection)
         handler: StreamProtocol = (SotwProtocol if protocol == "sotw" else DeltaProtocol)(
-            connection, lambda: self._cache.get(key), self._nonces, self._on_reply
+            connection, functools.partial(self._cache.get, key), self._nonces, self._on_reply
         )
         stream = _Stream(connection, handler, only_type, self._callbacks, self.responses_sent)
         self.connections[stream_id] = connection
@@ -194,6 +192,25 @@ class DiscoveryServer(Generic[K]):
             del self.connections[stream_id]
             self._callbacks.on_stream_closed(connection)
             log.info("proxy %s disconnected", node_id)
+
+    def _refusal(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        node: base_pb2.Node,
+        key: K,
+        protocol: str,
+        only_type: str | None,
+    ) -> StreamRefused | None:
+        # Apart from the stream's coroutine, so that what the hook was shown (the peer's certificates among
+        # it) is not kept for the life of the stream.
+        service = "extension configs" if only_type else "aggregated"
+        try:
+            self._callbacks.on_stream_open(
+                StreamOpening(node, key, protocol, service, context.peer(), context.auth_context())
+            )
+        except StreamRefused as exc:
+            return exc
+        return None
 
     def _on_reply(self, connection: Connection[K], reply: Reply) -> None:
         if reply.error is not None:
@@ -218,7 +235,7 @@ def _short(key: object) -> str:
     return f"namespace {namespace} with {len(labels)} labels"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Stream(Generic[K]):
     connection: Connection[K]
     handler: StreamProtocol
@@ -226,7 +243,8 @@ class _Stream(Generic[K]):
     callbacks: Callbacks[K]
     sent: Counter[str]
     """Responses written, by type URL: the server's count, shared by its streams."""
-    outbox: deque[Response] = field(default_factory=deque)
+    outbox: list[Response] = field(default_factory=list)
+    """At most MAX_QUEUED_RESPONSES, and most often none: a list costs an idle stream less than a deque."""
     changed: bool = False
     """A change of the snapshot not yet taken into account: taken when the writer is free."""
     ended: bool = False
@@ -273,7 +291,7 @@ class _Stream(Generic[K]):
             if self.failure is not None:
                 await context.abort(*self.failure)
             if self.outbox:
-                await self._send(context, self.outbox.popleft())
+                await self._send(context, self.outbox.pop(0))
             elif self.changed:
                 self.changed = False
                 self.outbox.extend(self.handler.on_change())

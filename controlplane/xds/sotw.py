@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.xds.connection import TypeState
+from controlplane.xds.connection import TypeState, shared
 from controlplane.xds.snapshot import (
     CLUSTER,
     EMPTY,
@@ -23,6 +23,8 @@ K = TypeVar("K", bound=Hashable)
 
 
 class SotwProtocol(StreamState[K]):
+    __slots__ = ("_sent", "_drop_clusters_after")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sent: dict[str, Resources] = {}
@@ -40,8 +42,9 @@ class SotwProtocol(StreamState[K]):
                 return follow_up  # answers a response a newer one has replaced: the protocol says ignore it
         names = frozenset(request.resource_names)
         wildcard = request.type_url in WILDCARD_TYPES and (not names or WILDCARD in names)
-        changed_subscription = (wildcard, names - {WILDCARD}) != (state.wildcard, state.names)
-        state.wildcard, state.names = wildcard, names - {WILDCARD}
+        subscribed = shared(names - {WILDCARD})
+        changed_subscription = (wildcard, subscribed) != (state.wildcard, state.names)
+        state.wildcard, state.names = wildcard, subscribed
         if request.response_nonce and not changed_subscription:
             return follow_up
         snapshot = self._snapshot()

@@ -15,16 +15,23 @@ from controlplane.xds.snapshot import Snapshot, with_nonce
 K = TypeVar("K", bound=Hashable)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Response:
-    """One response of one stream, encoded for the wire: a body shared by the streams of a class, with this
-    stream's nonce appended."""
+    """One response of one stream: a body shared by the streams of a class, and this stream's nonce."""
 
     type_url: str
     version: str
     nonce: str
-    encoded: bytes = field(repr=False)
+    body: bytes = field(repr=False)
+    """The response without its nonce: one object for every stream it goes to."""
     delta: bool
+
+    @property
+    def encoded(self) -> bytes:
+        """The response for the wire, made when it is written: a connect storm queues thousands of
+        responses, and each holding its own copy of a body with modules inside would cost the memory of
+        thousands of bodies."""
+        return with_nonce(self.body, self.nonce)
 
     def message(self) -> discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse:
         """The response decoded, for whoever wants to look inside (tests, debugging)."""
@@ -43,6 +50,7 @@ def _ignore(connection: Connection[Any], reply: Reply) -> None:
 
 
 class StreamState(Generic[K]):
+    __slots__ = ("_connection", "_snapshot", "_nonces", "_on_reply", "_pushed")
     delta = False
     """Whether responses are DeltaDiscoveryResponses."""
 
@@ -70,7 +78,7 @@ class StreamState(Generic[K]):
     def _response(self, state: TypeState, type_url: str, version: str, names: frozenset[str], body: bytes) -> Response:
         nonce = str(next(self._nonces))
         state.sending(nonce, version, names)
-        return Response(type_url, version, nonce, with_nonce(body, nonce), self.delta)
+        return Response(type_url, version, nonce, body, self.delta)
 
     def _caught_up(self, snapshot: Snapshot) -> None:
         self._pushed = snapshot.version
