@@ -234,6 +234,20 @@ def test_delta_a_stream_that_starts_with_versions_gets_only_what_differs() -> No
 # --- what an idle stream holds ------------------------------------------------------------------------------
 
 
+def test_a_response_sent_again_before_its_answer_gets_a_nonce_of_its_own() -> None:
+    """A proxy that repeats a request before answering gets the same resources again; its answers must still
+    say which response each one answers."""
+    stream = FakeStream(delta=False, current=snapshot(("wasm-modules",), {"a": "v1"}))
+    [first] = stream.send(EXTENSION_CONFIG, resource_names=[PLUGIN + "a"])
+    [again] = stream.send(EXTENSION_CONFIG, resource_names=[PLUGIN + "a"])
+    assert first.resources == again.resources
+    assert first.nonce != again.nonce
+    assert set(stream.state(EXTENSION_CONFIG).outstanding) == {first.nonce, again.nonce}
+    assert stream.ack(first) == [] and stream.ack(again) == []
+    assert stream.state(EXTENSION_CONFIG).outstanding == {}
+    assert stream.state(EXTENSION_CONFIG).acked_version == again.version_info
+
+
 def test_streams_of_a_class_share_their_subscriptions_and_response_bodies() -> None:
     """Thousands of streams of a class each holding its own copy of the names it asked for, or of a response
     body with modules inside, would cost more than all else a stream keeps."""
@@ -251,8 +265,8 @@ def test_streams_of_a_class_share_their_subscriptions_and_response_bodies() -> N
             for s in streams
         )
         [one], [other] = first, second
-        assert one.body is other.body, "one body for every stream, the nonce added only when written"
-        assert _decoded(one).nonce == one.nonce and _decoded(other).nonce == other.nonce
+        assert one.encoded is other.encoded, "one buffer for every stream of the class, nonce included"
+        assert _decoded(one).nonce == one.nonce == other.nonce
         names_held = [s.state(EXTENSION_CONFIG).names for s in streams]
         assert names_held[0] == {PLUGIN + n for n in plugins}
         assert names_held[0] is names_held[1], "one copy of a subscription for every stream asking for it"

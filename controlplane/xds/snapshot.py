@@ -1,11 +1,12 @@
 """Immutable sets of resources, versioned by their content, serialized once.
 
 Every stream of a proxy class shares one snapshot, so each resource is packed, hashed and serialized once
-per snapshot, and each response body once per (type, subscription): a stream adds only its nonce."""
+per snapshot, and each response once per (type, subscription), nonce included: the streams of a class write one buffer."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -35,6 +36,24 @@ MEMO_ENTRIES = 64
 same few, so more only means a client inventing subscriptions grows memory."""
 
 T = TypeVar("T")
+
+_nonces = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A response ready for the wire, nonce included, shared by every stream of a class it goes to: a
+    nonce only has to tell apart the responses of one stream, and a stream sent the same body twice while
+    the first is unanswered gets a nonce of its own (`StreamState._response`). So thousands of streams
+    share one buffer instead of each holding a copy of a body with modules inside until gRPC sends it."""
+
+    nonce: str
+    wire: bytes = field(repr=False)
+
+    @staticmethod
+    def of(body: bytes) -> Encoded:
+        nonce = f"s{next(_nonces)}"
+        return Encoded(nonce, with_nonce(body, nonce))
 
 
 def _digest(parts: Iterable[bytes]) -> str:
@@ -113,25 +132,29 @@ class Resources:
 
         return self._memoized(("difference", before.version), compare)
 
-    def sotw_body(self, type_url: str, version: str = "") -> bytes:
-        """A state-of-the-world response carrying these resources, without its nonce; `version`: that of
-        the whole set these are part of (default: this set's)."""
+    def sotw_body(self, type_url: str, version: str = "") -> Encoded:
+        """A state-of-the-world response carrying these resources; `version`: that of the whole set these
+        are part of (default: this set's)."""
         return self._memoized(
             ("sotw", type_url, version),
-            lambda: discovery_pb2.DiscoveryResponse(
-                version_info=version or self.version, resources=[r.body for r in self.items.values()], type_url=type_url
-            ).SerializeToString(),
+            lambda: Encoded.of(
+                discovery_pb2.DiscoveryResponse(
+                    version_info=version or self.version,
+                    resources=[r.body for r in self.items.values()],
+                    type_url=type_url,
+                ).SerializeToString()
+            ),
         )
 
-    def delta_body(self, type_url: str, changed: tuple[str, ...], removed: tuple[str, ...]) -> bytes:
-        """A delta response carrying the resources `changed` of this set and the names `removed`, without its
-        nonce. Streams of a class that were in step get the same one."""
+    def delta_body(self, type_url: str, changed: tuple[str, ...], removed: tuple[str, ...]) -> Encoded:
+        """A delta response carrying the resources `changed` of this set and the names `removed`. Streams of
+        a class that were in step get the same one."""
 
-        def encode() -> bytes:
+        def encode() -> Encoded:
             head = discovery_pb2.DeltaDiscoveryResponse(
                 system_version_info=self.version, type_url=type_url, removed_resources=removed
             ).SerializeToString()
-            return head + b"".join(_field(2, self.items[name].delta_entry) for name in changed)
+            return Encoded.of(head + b"".join(_field(2, self.items[name].delta_entry) for name in changed))
 
         return self._memoized(("delta", type_url, changed, removed), encode)
 
@@ -182,6 +205,6 @@ def _field(number: int, payload: bytes) -> bytes:
 
 
 def with_nonce(body: bytes, nonce: str) -> bytes:
-    """A shared response body made a stream's own: field 5 is the nonce in both DiscoveryResponse and
+    """A response body given its nonce: field 5 is the nonce in both DiscoveryResponse and
     DeltaDiscoveryResponse, and a field appended to a serialized message is part of it."""
     return body + _field(5, nonce.encode())

@@ -10,28 +10,21 @@ from typing import Any, Generic, Protocol, TypeVar
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds.connection import Connection, Reply, TypeState
-from controlplane.xds.snapshot import Snapshot, with_nonce
+from controlplane.xds.snapshot import Encoded, Snapshot, with_nonce
 
 K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """One response of one stream: a body shared by the streams of a class, and this stream's nonce."""
+    """One response of one stream, encoded for the wire: most often the very bytes every stream of its
+    class is written (see `Encoded`)."""
 
     type_url: str
     version: str
     nonce: str
-    body: bytes = field(repr=False)
-    """The response without its nonce: one object for every stream it goes to."""
+    encoded: bytes = field(repr=False)
     delta: bool
-
-    @property
-    def encoded(self) -> bytes:
-        """The response for the wire, made when it is written: a connect storm queues thousands of
-        responses, and each holding its own copy of a body with modules inside would cost the memory of
-        thousands of bodies."""
-        return with_nonce(self.body, self.nonce)
 
     def message(self) -> discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse:
         """The response decoded, for whoever wants to look inside (tests, debugging)."""
@@ -75,10 +68,16 @@ class StreamState(Generic[K]):
         if reply is not None:
             self._on_reply(self._connection, reply)
 
-    def _response(self, state: TypeState, type_url: str, version: str, names: frozenset[str], body: bytes) -> Response:
-        nonce = str(next(self._nonces))
+    def _response(
+        self, state: TypeState, type_url: str, version: str, names: frozenset[str], body: Encoded
+    ) -> Response:
+        nonce, wire = body.nonce, body.wire
+        if nonce in state.outstanding:
+            # Sent before on this stream and not answered yet: its answer must say which one it answers.
+            nonce = f"{body.nonce}.{next(self._nonces)}"
+            wire = with_nonce(body.wire, nonce)  # a later nonce field replaces the shared one
         state.sending(nonce, version, names)
-        return Response(type_url, version, nonce, body, self.delta)
+        return Response(type_url, version, nonce, wire, self.delta)
 
     def _caught_up(self, snapshot: Snapshot) -> None:
         self._pushed = snapshot.version
