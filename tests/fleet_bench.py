@@ -512,12 +512,11 @@ def run_server(
     module: str,
 ) -> Row:
     xds, http, admin = free_port(), free_port(), free_port()
-    profile = ["-m", "cProfile", "-o", PROFILE] if PROFILE else []
+    command = ["tests.fleet_bench", "--profiled-server"] if PROFILE else ["controlplane"]
     args = [
         sys.executable,
-        *profile,
         "-m",
-        "controlplane",
+        *command,
         "--log-level",
         "warning",
         "serve",
@@ -589,7 +588,34 @@ def run_bare(group: str, capture: str, proxies: int, classes: int, delta: bool, 
         bare.wait(timeout=30)
 
 
+def profiled_server(argv: list[str]) -> None:
+    """`python -m controlplane ARGV` under cProfile, the profile written to FLEET_BENCH_PROFILE however the
+    server exits: it leaves with `os._exit` when a worker thread is still busy, which `-m cProfile` misses."""
+    import cProfile
+    import runpy
+
+    profiler = cProfile.Profile()
+    leave = os._exit
+
+    def dump_and_leave(status: int) -> None:
+        profiler.disable()
+        profiler.dump_stats(PROFILE)
+        leave(status)
+
+    os._exit = dump_and_leave  # type: ignore[assignment]
+    sys.argv = ["controlplane", *argv]
+    profiler.enable()
+    try:
+        runpy.run_module("controlplane", run_name="__main__")
+    except SystemExit as exit:
+        dump_and_leave(exit.code if isinstance(exit.code, int) else 1)
+    dump_and_leave(0)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--profiled-server"]:
+        profiled_server(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--proxies", default="100,1000")
     parser.add_argument("--protocols", default="sotw,delta")
