@@ -42,9 +42,9 @@ async def release_memory_after_bursts(
     """Once a burst of work (a connect storm, a push to thousands of streams) has been quiet for
     `quiet_seconds`, hands the memory it freed back to the system. glibc keeps freed memory for reuse
     otherwise, so an idle server would stay at the size of its last storm. `activity()` is a count that
-    moves with work done (responses sent); `release()` does the releasing. It holds the event loop for
-    about 45 ms at 5,000 streams; a collection here as well would hold it for 250 ms more and free nothing
-    that shows in the process's size."""
+    moves with work done (responses sent); `release()` does the releasing, in a worker thread (about
+    45 ms at 5,000 streams). A collection here as well would hold the event loop for 250 ms and free
+    nothing that shows in the process's size."""
     release = release or _release_memory
     last, pending = activity(), False
     while True:
@@ -55,7 +55,7 @@ async def release_memory_after_bursts(
         elif pending:
             pending = False
             started = time.perf_counter()
-            release()
+            await asyncio.to_thread(release)  # glibc's trim lets go of the GIL: the loop goes on meanwhile
             log.debug("memory released after a burst in %.1f ms", (time.perf_counter() - started) * 1000)
 
 

@@ -16,7 +16,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from controlplane.xds.connection import Connection, TypeState
+from controlplane.xds.connection import SHARED_BUDGET, Connection, TypeState, shared
 from controlplane.xds.delta import DeltaProtocol
 from controlplane.xds.snapshot import CLUSTER, EXTENSION_CONFIG, LISTENER, Snapshot
 from controlplane.xds.sotw import SotwProtocol
@@ -270,3 +270,28 @@ def test_streams_of_a_class_share_their_subscriptions_and_response_bodies() -> N
         names_held = [s.state(EXTENSION_CONFIG).names for s in streams]
         assert names_held[0] == {PLUGIN + n for n in plugins}
         assert names_held[0] is names_held[1], "one copy of a subscription for every stream asking for it"
+
+
+def test_a_nonce_forgotten_unanswered_is_never_sent_again() -> None:
+    """A stream keeps the last 16 responses it awaits answers to; an answer to an older one may still come,
+    so a response sent again later must not reuse its nonce, or that late answer would be taken for its."""
+    plugins = {"a": "v1", "b": "v1"}
+    stream = FakeStream(delta=True, current=snapshot(("wasm-modules",), plugins))
+    [first] = stream.send(EXTENSION_CONFIG, resource_names_subscribe=[PLUGIN + "a"])
+    for _ in range(16):  # none answered
+        stream.send(EXTENSION_CONFIG, resource_names_subscribe=[PLUGIN + "b"])
+        stream.send(EXTENSION_CONFIG, resource_names_unsubscribe=[PLUGIN + "b"])
+    assert first.nonce not in stream.state(EXTENSION_CONFIG).outstanding
+    stream.send(EXTENSION_CONFIG, resource_names_unsubscribe=[PLUGIN + "a"])
+    [again] = stream.send(EXTENSION_CONFIG, resource_names_subscribe=[PLUGIN + "a"])
+    assert names(again) == names(first) == [PLUGIN + "a"]
+    assert again.nonce != first.nonce
+    stream.nack(first, "late answer to the first")
+    assert stream.state(EXTENSION_CONFIG).rejected == {}, "the late NACK is not taken for the new response's"
+
+
+def test_what_streams_share_is_bounded() -> None:
+    """A client inventing ever larger subscriptions (one more name per request) cannot grow it."""
+    growing = [frozenset(f"{PLUGIN}p{i}" for i in range(size)) for size in range(1, 1_001)]
+    assert [shared(names) for names in growing] == growing
+    assert len(shared) <= SHARED_BUDGET

@@ -13,24 +13,39 @@ from controlplane.xds.snapshot import Resources
 K = TypeVar("K", bound=Hashable)
 H = TypeVar("H", bound=Hashable)
 
-SHARED_VALUES = 8192
-"""Distinct values `shared` keeps; streams of a class hold the same few, so more only means clients that
-invent names or labels grow memory."""
+SHARED_BUDGET = 100_000
+"""How much `shared` keeps, a subscription counting one per name: streams of a class hold the same few
+values, so more only means clients that invent names or labels; past it, what was kept is let go (streams
+keep their copies) and sharing starts again."""
 
-_shared: dict[Hashable, Hashable] = {}
+
+class _Shared:
+    def __init__(self, budget: int) -> None:
+        self._values: dict[Hashable, Hashable] = {}
+        self._held = 0
+        self._budget = budget
+
+    def __call__(self, value: H) -> H:
+        """The one copy of `value` that every stream holding an equal one keeps: its proxy class, the names
+        it subscribes to. Thousands of streams of a class ask for the same names, and each holding its own
+        copy of them (strings parsed from its request) would cost more than all else an idle stream keeps."""
+        try:
+            return self._values[value]  # type: ignore[return-value]
+        except KeyError:
+            size = len(value) if isinstance(value, frozenset) else 1
+            if self._held + size > self._budget:
+                self._values.clear()
+                self._held = 0
+            if size <= self._budget:
+                self._values[value] = value
+                self._held += size
+            return value
+
+    def __len__(self) -> int:
+        return self._held
 
 
-def shared(value: H) -> H:
-    """The one copy of `value` that every stream holding an equal one keeps: its proxy class, the names it
-    subscribes to. Thousands of streams of a class ask for the same names, and each holding its own copy of
-    them (strings parsed from its request) would cost more than all else an idle stream keeps."""
-    try:
-        return _shared[value]  # type: ignore[return-value]
-    except KeyError:
-        if len(_shared) >= SHARED_VALUES:
-            _shared.clear()
-        _shared[value] = value
-        return value
+shared = _Shared(SHARED_BUDGET)
 
 
 class InvalidNode(ValueError):
@@ -87,6 +102,9 @@ class TypeState:
     every stream of the class shares, not this stream's names one by one (delta)."""
     outstanding: dict[str, Outstanding] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    dropped_unanswered: bool = False
+    """A response was forgotten before the proxy answered it: its nonce may be answered any time, so no
+    response of this type may be sent under a nonce it had."""
     """Resource name to the error of the NACK that rejected it, until a later response with it is ACKed."""
 
     def subscribed(self, available: Resources) -> Resources:
@@ -97,6 +115,7 @@ class TypeState:
         self.outstanding[nonce] = Outstanding(version, names, time.monotonic())
         while len(self.outstanding) > MAX_OUTSTANDING:
             del self.outstanding[next(iter(self.outstanding))]
+            self.dropped_unanswered = True
 
 
 @dataclass(slots=True)

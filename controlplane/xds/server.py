@@ -162,7 +162,7 @@ class DiscoveryServer(Generic[K]):
             # As Istio: a proxy that does not say who it is cannot be told apart in any view or log.
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
         try:
-            key = shared(self._node_key(first.node, only_type is not None))
+            key = self._node_key(first.node, only_type is not None)
         except InvalidNode as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         # Nobody is answered before the directory is loaded: a partial config would be worse than none.
@@ -172,6 +172,7 @@ class DiscoveryServer(Generic[K]):
         if refusal is not None:
             log.warning("proxy %s refused: %s", node_id, printable(str(refusal)))
             await context.abort(refusal.code, str(refusal))
+        key = shared(key)  # only for streams served: a refused client cannot make the server keep anything
         connection = Connection(first.node.id, key, protocol, time.time())
         stream_id = id(connection)
         handler: StreamProtocol = (SotwProtocol if protocol == "sotw" else DeltaProtocol)(

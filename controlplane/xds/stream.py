@@ -72,8 +72,8 @@ class StreamState(Generic[K]):
         self, state: TypeState, type_url: str, version: str, names: frozenset[str], body: Encoded
     ) -> Response:
         nonce, wire = body.nonce, body.wire
-        if nonce in state.outstanding:
-            # Sent before on this stream and not answered yet: its answer must say which one it answers.
+        if nonce in state.outstanding or state.dropped_unanswered:
+            # Maybe sent before on this stream and not answered yet: its answer must say which one it answers.
             nonce = f"{body.nonce}.{next(self._nonces)}"
             wire = with_nonce(body.wire, nonce)  # a later nonce field replaces the shared one
         state.sending(nonce, version, names)
