@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests.registry import Registry, start_registry
 from tests.support import (
     Process,
     Stack,
@@ -50,6 +51,14 @@ def httpbin_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     process, port = start_httpbin(tmp_path_factory.mktemp("httpbin"))
     yield port
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real OCI registry (Debian's docker-registry), anonymous and plain HTTP, one per test module."""
+    started = start_registry(tmp_path_factory.mktemp("registry"))
+    yield started
+    started.stop()
 
 
 @pytest.fixture

@@ -45,14 +45,6 @@ LOGIN = ("puller", "pull-pass-4f7a")
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """Anonymous, plain HTTP."""
-    started = start_registry(tmp_path_factory.mktemp("registry"))
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
 def local_ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCa:
     return LocalCa.create(tmp_path_factory.mktemp("ca"))
 

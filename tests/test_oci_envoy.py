@@ -9,7 +9,7 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,13 +31,6 @@ from tests.test_oci import LOGIN, MODULE_SHA256
 
 FILTER = "extensions.istio.io/wasmplugin/default.limit"
 MODULE = RATELIMIT_WASM.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    started = start_registry(tmp_path_factory.mktemp("registry"))
-    yield started
-    started.stop()
 
 
 def limit_plugin(url: str, sha256: str = "", fail_strategy: str = "", pull_secret: str = "") -> str:

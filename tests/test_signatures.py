@@ -36,7 +36,7 @@ from controlplane.processes import controlplane_command
 from controlplane.source.directory import load_directory
 from controlplane.verification_keys import canonical_pem
 from tests.cosign import KeyPair, blob_bundle, bundle, push_bundle, sign_blob, sign_bundle, sign_classic
-from tests.registry import OCI_INDEX, Registry, start_registry
+from tests.registry import OCI_INDEX, Registry
 from tests.sigstore_instance import SigstoreInstance
 from tests.support import ORDER_MARKER_WASM, RATELIMIT_WASM, wasm_plugin_yaml
 
@@ -46,13 +46,6 @@ OTHER_MODULE = ORDER_MARKER_WASM.read_bytes()
 KEY = KeyPair.create()
 OTHER_KEY = KeyPair.create()
 LAYOUTS = ("classic", "bundle")
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    started = start_registry(tmp_path_factory.mktemp("registry"))
-    yield started
-    started.stop()
 
 
 def settings(registry: Registry) -> FetchSettings:

@@ -6,7 +6,7 @@ stand-in path."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,19 +14,12 @@ import yaml
 
 from controlplane.verification_keys import key_id
 from tests.cosign import KeyPair, push_bundle, sign_bundle, sign_classic
-from tests.registry import Registry, start_registry
+from tests.registry import Registry
 from tests.sigstore_instance import SigstoreInstance
 from tests.support import Stack, wait_for
 from tests.test_oci_envoy import MODULE, assert_plugin_runs, limit_plugin, stand_in_answers
 
 KEY = KeyPair.create()
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    started = start_registry(tmp_path_factory.mktemp("registry"))
-    yield started
-    started.stop()
 
 
 def with_key(text: str, key: KeyPair) -> str:
