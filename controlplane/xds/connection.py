@@ -41,7 +41,9 @@ class _Shared:
                 self._held += size
             return value
 
-    def __len__(self) -> int:
+    @property
+    def held(self) -> int:
+        """What is kept, counted as the budget counts it."""
         return self._held
 
 

@@ -52,7 +52,8 @@ class DeltaProtocol(StreamState[K]):
             # A first request naming nothing subscribes to everything of a wildcard type (legacy wildcard).
             state.wildcard = type_url in WILDCARD_TYPES and not subscribe
         state.wildcard = (state.wildcard or WILDCARD in subscribe) and WILDCARD not in unsubscribe
-        state.names = shared(frozenset((state.names | subscribe) - unsubscribe - {WILDCARD}))
+        if subscribe or unsubscribe:  # an ACK, most requests, changes nothing
+            state.names = shared(frozenset((state.names | subscribe) - unsubscribe - {WILDCARD}))
         for name in unsubscribe:
             if state.known.pop(name, None) is not None:  # the proxy forgets what it unsubscribes from
                 state.known_as = None

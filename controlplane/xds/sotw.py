@@ -42,9 +42,10 @@ class SotwProtocol(StreamState[K]):
                 return follow_up  # answers a response a newer one has replaced: the protocol says ignore it
         names = frozenset(request.resource_names)
         wildcard = request.type_url in WILDCARD_TYPES and (not names or WILDCARD in names)
-        subscribed = shared(names - {WILDCARD})
+        subscribed = names - {WILDCARD}
         changed_subscription = (wildcard, subscribed) != (state.wildcard, state.names)
-        state.wildcard, state.names = wildcard, subscribed
+        if changed_subscription:  # an ACK, most requests, repeats the names the stream already holds
+            state.wildcard, state.names = wildcard, shared(subscribed)
         if request.response_nonce and not changed_subscription:
             return follow_up
         snapshot = self._snapshot()
